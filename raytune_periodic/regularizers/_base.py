@@ -1,0 +1,53 @@
+"""Base class of periodic regularizers: a module whose strength is a plain attribute.
+
+The engine changes ``value`` in place at every period boundary (``set_value``); the model and the
+optimizer are never rebuilt. With a value that never changes, the same module is the vanilla
+baseline (BL/D/GNI).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+from torch import nn
+
+from raytune_periodic.errors import ConfigError
+
+
+class PeriodicRegularizer(nn.Module):
+    """A regularizer with one scalar strength ``value`` in ``[low, high]``.
+
+    Subclasses define ``kind``, ``low``/``high`` and ``forward``; they must read ``self.value`` at
+    call time (never cache derived tensors), so an in-place change takes effect on the next pass.
+    """
+
+    kind: ClassVar[str] = ""
+    low: ClassVar[float] = 0.0
+    high: ClassVar[float] = math.inf
+    value_name: ClassVar[str] = "value"
+
+    def __init__(self, value: float = 0.0) -> None:
+        super().__init__()
+        self.value = self.check(value, f"{self.kind}.{self.value_name}")
+
+    @classmethod
+    def check(cls, value: float, field: str) -> float:
+        """Validate one value for this kind; one-line ConfigError naming ``field`` if bad."""
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(field, f"expected a number, got {value!r}") from None
+        if not math.isfinite(v) and not (math.isinf(cls.high) and v == math.inf):
+            raise ConfigError(field, f"must be finite, got {value!r}")
+        if v < cls.low or v > cls.high:
+            raise ConfigError(
+                field, f"{cls.kind} {cls.value_name} must be in [{cls.low}, {cls.high}], got {v}"
+            )
+        return v
+
+    def set_value(self, value: float) -> None:
+        self.value = self.check(value, f"{self.kind}.{self.value_name}")
+
+    def extra_repr(self) -> str:
+        return f"{self.value_name}={self.value:g}"

@@ -1,0 +1,153 @@
+"""Insert periodic regularizers into any ``nn.Module`` and address them by group name.
+
+A placement says *what* (``kind``), *where* and under which *name* the controller sets it:
+
+- ``head``: before the classifier (the last ``nn.Linear``), e.g. dropout on the penultimate features;
+- ``before_linear``: before every ``nn.Linear`` (for two-FC heads: on both z and x);
+- ``after_bn``: after every BatchNorm layer;
+- ``block_bn``: after the first BatchNorm of each residual block only (one BN+ReLU unit per block);
+- ``before_relu``: before every ReLU module (torchvision's BasicBlock reuses one ReLU module twice,
+  so the regularizer acts at both of its call sites).
+
+The target module is replaced by ``nn.Sequential(target, reg)`` (after) or
+``nn.Sequential(reg, target)`` (before); state-dict keys of wrapped layers gain a ``.0``/``.1``
+index, consistently for every run built from the same placements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from raytune_periodic.errors import ConfigError
+from raytune_periodic.regularizers._base import PeriodicRegularizer
+from raytune_periodic.registry import Registry
+from raytune_periodic.regularizers.dropout import PeriodicDropout
+from raytune_periodic.regularizers.noise import GaussianNoise
+from raytune_periodic.regularizers.sign_flip import SignFlip
+
+REGULARIZERS: Registry[type[PeriodicRegularizer]] = Registry("regularizer")
+REGULARIZERS.add("dropout", PeriodicDropout)
+REGULARIZERS.add("gaussian_noise", GaussianNoise)
+REGULARIZERS.add("sign_flip", SignFlip)
+
+WHERE = ("head", "before_linear", "after_bn", "block_bn", "before_relu")
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class Placement:
+    """Where to put one regularizer kind, and the group name its value is set under.
+
+    ``per_layer=True`` makes one group per inserted layer, named ``{name}_{i}`` (for controllers
+    that set a value per layer); otherwise every inserted layer shares the group ``name``.
+    """
+
+    kind: str
+    where: str = "head"
+    name: str | None = None
+    value: float = 0.0
+    per_layer: bool = False
+
+    @property
+    def group(self) -> str:
+        return self.name or self.kind
+
+
+def _targets(model: nn.Module, where: str, field: str) -> list[str]:
+    named = [(n, m) for n, m in model.named_modules() if n]
+    if where == "head":
+        linears = [n for n, m in named if isinstance(m, nn.Linear)]
+        found = linears[-1:]
+    elif where == "before_linear":
+        found = [n for n, m in named if isinstance(m, nn.Linear)]
+    elif where == "after_bn":
+        found = [n for n, m in named if isinstance(m, _BN)]
+    elif where == "block_bn":
+        found = []
+        for n, m in named:
+            if hasattr(m, "bn1") and hasattr(m, "conv2") and isinstance(m.bn1, _BN):
+                found.append(f"{n}.bn1")
+    elif where == "before_relu":
+        found = [n for n, m in named if isinstance(m, nn.ReLU)]
+    else:
+        raise ConfigError(f"{field}.where", f"unknown placement {where!r}; valid: {', '.join(WHERE)}")
+    if not found:
+        raise ConfigError(
+            f"{field}.where", f"model {type(model).__name__} has no layer for placement {where!r}"
+        )
+    return found
+
+
+def _replace(model: nn.Module, qualname: str, new: nn.Module) -> None:
+    parent_name, _, child = qualname.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+class RegularizerSet:
+    """The regularizer modules of one model, grouped by the names controllers use."""
+
+    def __init__(self, groups: Mapping[str, Sequence[PeriodicRegularizer]]) -> None:
+        self.groups: dict[str, list[PeriodicRegularizer]] = {k: list(v) for k, v in groups.items()}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.groups)
+
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        return {k: (type(v[0]).low, type(v[0]).high) for k, v in self.groups.items()}
+
+    def kinds(self) -> dict[str, str]:
+        return {k: type(v[0]).kind for k, v in self.groups.items()}
+
+    def set_values(self, values: Mapping[str, float]) -> None:
+        """Set each named group's value in place; unknown names are an error."""
+        for name, value in values.items():
+            if name not in self.groups:
+                raise ConfigError(
+                    f"values.{name}", f"no regularizer group {name!r}; groups: {self.names}"
+                )
+            for module in self.groups[name]:
+                module.set_value(value)
+
+    def values(self) -> dict[str, float]:
+        return {k: float(v[0].value) for k, v in self.groups.items()}
+
+    def __iter__(self) -> Iterator[PeriodicRegularizer]:
+        for mods in self.groups.values():
+            yield from mods
+
+
+def insert_regularizers(
+    model: nn.Module, placements: Sequence[Placement], field: str = "regularizers"
+) -> RegularizerSet:
+    """Insert one regularizer module per target layer of each placement; returns their groups.
+
+    Targets of every placement are resolved on the model *before* any insertion, so placements do
+    not see each other's wrappers.
+    """
+    resolved = []
+    for i, pl in enumerate(placements):
+        cls = REGULARIZERS.get(pl.kind, field=f"{field}[{i}].kind")
+        cls.check(pl.value, f"{field}[{i}].value")
+        resolved.append((pl, cls, _targets(model, pl.where, f"{field}[{i}]")))
+    groups: dict[str, list[PeriodicRegularizer]] = {}
+    for pl, cls, targets in resolved:
+        for j, target in enumerate(targets):
+            reg = cls(pl.value)
+            layer = model.get_submodule(target)
+            after = pl.where in ("after_bn", "block_bn")
+            _replace(model, target, nn.Sequential(layer, reg) if after else nn.Sequential(reg, layer))
+            group = f"{pl.group}_{j}" if pl.per_layer else pl.group
+            if group in groups and pl.per_layer:
+                raise ConfigError(f"{field}.name", f"duplicate regularizer group {group!r}")
+            groups.setdefault(group, []).append(reg)
+    kinds: dict[str, set[str]] = {}
+    for name, mods in groups.items():
+        kinds[name] = {m.kind for m in mods}
+        if len(kinds[name]) > 1:
+            raise ConfigError(f"{field}.name", f"group {name!r} mixes kinds {sorted(kinds[name])}")
+    return RegularizerSet(groups)

@@ -1,0 +1,51 @@
+"""The sign flip after BatchNorm (PFR, and Algorithm 1 of the noise-injection paper).
+
+While the flag is on, the feature after BN is multiplied by -1 (``feature *= -1``). The flag is a
+value in {0, 1} set per period by a controller (``toggle``: Bernoulli(p) as in PFR, or every k
+periods as in Algorithm 1). By default the flip acts only in train mode: evaluation sees the
+un-flipped network (``apply_in_eval=True`` keeps the flag's effect in eval too).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from raytune_periodic.errors import ConfigError
+from raytune_periodic.regularizers._base import PeriodicRegularizer
+
+
+class SignFlip(PeriodicRegularizer):
+    kind = "sign_flip"
+    low = 0.0
+    high = 1.0
+    value_name = "flag"
+
+    def __init__(self, value: float = 0.0, apply_in_eval: bool = False) -> None:
+        super().__init__(value)
+        self.apply_in_eval = apply_in_eval
+
+    @classmethod
+    def check(cls, value: float, field: str) -> float:
+        v = super().check(value, field)
+        if v not in (0.0, 1.0):
+            raise ConfigError(field, f"sign_flip flag must be 0 or 1, got {v}")
+        return v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.value and (self.training or self.apply_in_eval):
+            return -x
+        return x
+
+
+def algorithm1_flags(steps: int, interval: int) -> list[bool]:
+    """The flag in force at each of ``steps`` training steps under Algorithm 1 (interval T).
+
+    Transcribes the paper's loop: ``step += 1; apply if flag; if step % T == T - 1: flag = not
+    flag``. Used to check the ``toggle`` controller's every-k schedule against the paper.
+    """
+    flag, out = False, []
+    for step in range(1, steps + 1):
+        out.append(flag)
+        if step % interval == interval - 1:
+            flag = not flag
+    return out
