@@ -30,5 +30,6 @@ def require(module: str) -> ModuleType:
         top = module.split(".")[0]
         extra = _EXTRA_OF.get(module, _EXTRA_OF.get(top, "all"))
         raise MissingDependencyError(
-            f"{module} is required for this feature: pip install 'raytune-periodic[{extra}]' ({exc})"
+            f"{module} is required for this feature: "
+            f"pip install 'raytune-periodic[{extra}]' ({exc})"
         ) from exc

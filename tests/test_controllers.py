@@ -12,7 +12,9 @@ BOUNDS = {"dropout": (0.0, 1.0), "noise": (0.0, float("inf")), "sign_flip": (0.0
 
 
 def _schedule(ctrl, periods: int, start: int = 0) -> list[dict[str, float]]:
-    return [ctrl.decide(PeriodState(period=p, last=None, progress=0.0)) for p in range(start, periods)]
+    return [
+        ctrl.decide(PeriodState(period=p, last=None, progress=0.0)) for p in range(start, periods)
+    ]
 
 
 def _bound(spec: dict, seed: int = 0):
@@ -81,7 +83,10 @@ def test_schedule_replays_values_exactly() -> None:
     [
         ({"type": "nope"}, "controller.type"),
         ({"type": "constant", "valuez": {}}, "controller.valuez"),
-        ({"type": "periodic_random", "ranges": {"dropout": [0.8, 0.2]}}, "controller.ranges.dropout"),
+        (
+            {"type": "periodic_random", "ranges": {"dropout": [0.8, 0.2]}},
+            "controller.ranges.dropout",
+        ),
         ({"type": "periodic_random", "ranges": {"dropout": [0, 1.5]}}, "controller.ranges.dropout"),
         ({"type": "periodic_random", "ranges": {"missing": [0, 1]}}, "controller.missing"),
         ({"type": "toggle", "p": 1.5}, "controller.p"),

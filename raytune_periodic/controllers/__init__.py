@@ -26,7 +26,7 @@ CONTROLLERS.add("schedule", ScheduleController)
 def build_controller(
     spec: Mapping[str, Any], seed: int = 0, field: str = "controller"
 ) -> Controller:
-    """Build a controller from ``{"type": name, **options}``; a ``seed`` option defaults to ``seed``.
+    """Build a controller from ``{"type": name, **options}``; ``seed`` is the default seed.
 
     Unknown types or options are one-line ConfigErrors naming the field.
     """

@@ -2,7 +2,7 @@
 
 A placement says *what* (``kind``), *where* and under which *name* the controller sets it:
 
-- ``head``: before the classifier (the last ``nn.Linear``), e.g. dropout on the penultimate features;
+- ``head``: before the classifier (the last ``nn.Linear``): dropout on the penultimate features;
 - ``before_linear``: before every ``nn.Linear`` (for two-FC heads: on both z and x);
 - ``after_bn``: after every BatchNorm layer;
 - ``block_bn``: after the first BatchNorm of each residual block only (one BN+ReLU unit per block);
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from raytune_periodic.errors import ConfigError
-from raytune_periodic.regularizers._base import PeriodicRegularizer
 from raytune_periodic.registry import Registry
+from raytune_periodic.regularizers._base import PeriodicRegularizer
 from raytune_periodic.regularizers.dropout import PeriodicDropout
 from raytune_periodic.regularizers.noise import GaussianNoise
 from raytune_periodic.regularizers.sign_flip import SignFlip
@@ -73,7 +73,9 @@ def _targets(model: nn.Module, where: str, field: str) -> list[str]:
     elif where == "before_relu":
         found = [n for n, m in named if isinstance(m, nn.ReLU)]
     else:
-        raise ConfigError(f"{field}.where", f"unknown placement {where!r}; valid: {', '.join(WHERE)}")
+        raise ConfigError(
+            f"{field}.where", f"unknown placement {where!r}; valid: {', '.join(WHERE)}"
+        )
     if not found:
         raise ConfigError(
             f"{field}.where", f"model {type(model).__name__} has no layer for placement {where!r}"
@@ -140,7 +142,9 @@ def insert_regularizers(
             reg = cls(pl.value)
             layer = model.get_submodule(target)
             after = pl.where in ("after_bn", "block_bn")
-            _replace(model, target, nn.Sequential(layer, reg) if after else nn.Sequential(reg, layer))
+            _replace(
+                model, target, nn.Sequential(layer, reg) if after else nn.Sequential(reg, layer)
+            )
             group = f"{pl.group}_{j}" if pl.per_layer else pl.group
             if group in groups and pl.per_layer:
                 raise ConfigError(f"{field}.name", f"duplicate regularizer group {group!r}")

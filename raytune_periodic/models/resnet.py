@@ -1,0 +1,48 @@
+"""torchvision ResNet-18/34 (random init) with the stem adapted to the input size and channels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torchvision
+from torch import nn
+
+from raytune_periodic.errors import ConfigError
+
+SMALL_INPUT = 64  # below this H/W the ImageNet stem (7×7 stride 2 + maxpool) discards too much
+
+
+def _resnet(
+    arch: Callable[..., torchvision.models.ResNet],
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    small_stem: bool | None,
+) -> torchvision.models.ResNet:
+    if small_stem is not None and not isinstance(small_stem, bool):
+        raise ConfigError(
+            "model.options.small_stem", f"expected true/false/null, got {small_stem!r}"
+        )
+    channels, height, width = input_shape
+    model = arch(weights=None, num_classes=num_classes)
+    small = min(height, width) < SMALL_INPUT if small_stem is None else small_stem
+    if small:  # CIFAR-style stem: 3×3 stride 1, no maxpool
+        model.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    else:  # ImageNet stem, with the dataset's channel count
+        model.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
+def build_resnet18(
+    input_shape: tuple[int, ...], num_classes: int, small_stem: bool | None = None
+) -> torchvision.models.ResNet:
+    """ResNet-18; ``small_stem`` None picks the 3×3 stem when H or W < 64. Classifier: ``fc``."""
+    return _resnet(torchvision.models.resnet18, input_shape, num_classes, small_stem)
+
+
+def build_resnet34(
+    input_shape: tuple[int, ...], num_classes: int, small_stem: bool | None = None
+) -> torchvision.models.ResNet:
+    """ResNet-34; ``small_stem`` None picks the 3×3 stem when H or W < 64. Classifier: ``fc``."""
+    return _resnet(torchvision.models.resnet34, input_shape, num_classes, small_stem)

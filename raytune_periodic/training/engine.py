@@ -1,0 +1,318 @@
+"""The period engine: a PyTorch training loop that runs in periods of N forward passes.
+
+Per period: the controller decides values → they are set in place on the regularizer modules →
+N forward/backward passes (Adam, weight decay 1e-4 by default) accumulating train loss and
+macro-F1 on the device → a few random validation mini-batches → the controller observes the
+record. When an epoch ends, the full validation and test sets are evaluated (independent of the
+controller). ``state_dict``/``load_state_dict`` capture everything (model, optimizer, controller,
+data order, RNG states, period index): a run restored at period k continues bit-for-bit on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import TensorDataset
+
+from raytune_periodic.controllers import Controller
+from raytune_periodic.data._base import DataSplits
+from raytune_periodic.errors import ConfigError
+from raytune_periodic.records import STATUS_DIVERGED, STATUS_OK, PeriodRecord, PeriodState
+from raytune_periodic.regularizers import RegularizerSet
+from raytune_periodic.training.batching import iterate_eval, make_batches
+from raytune_periodic.training.metrics import confusion_update, macro_f1
+
+LossTerm = Callable[[nn.Module], torch.Tensor]
+
+
+@dataclass
+class TrainOptions:
+    """Options of one training run (the paper's §4.1 defaults: Adam, lr 1e-3, wd 1e-4, bs 64)."""
+
+    period_length: int = 20  #: forward passes per period
+    periods: int = 50  #: periods in the run (the budget unit)
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    val_batches: int = 2  #: random validation mini-batches evaluated at each period's end
+    eval_batch_size: int = 512  #: batch size of full validation/test passes
+    device: str = "auto"  #: "auto" (CUDA if present), "cpu", "cuda", "cuda:1"
+    amp: bool = False  #: mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU)
+    num_workers: int = 0  #: DataLoader workers, only for streamed (non-tensor) datasets
+    seed: int = 0
+
+    def validate(self, field: str = "train") -> TrainOptions:
+        ints = {"period_length": 1, "periods": 1, "batch_size": 1, "eval_batch_size": 1}
+        for key, low in ints.items():
+            val = getattr(self, key)
+            if isinstance(val, bool) or not isinstance(val, int) or val < low:
+                raise ConfigError(f"{field}.{key}", f"must be an integer >= {low}, got {val!r}")
+        if isinstance(self.val_batches, bool) or not isinstance(self.val_batches, int):
+            raise ConfigError(
+                f"{field}.val_batches", f"must be an integer, got {self.val_batches!r}"
+            )
+        if self.val_batches < 0:
+            raise ConfigError(f"{field}.val_batches", f"must be >= 0, got {self.val_batches}")
+        for key in ("lr", "weight_decay"):
+            val = getattr(self, key)
+            if not isinstance(val, int | float) or not math.isfinite(val) or val < 0:
+                raise ConfigError(f"{field}.{key}", f"must be a finite number >= 0, got {val!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"{field}.lr", f"must be > 0, got {self.lr}")
+        resolve_device(self.device, f"{field}.device")
+        return self
+
+
+def resolve_device(name: str, field: str = "train.device") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; an unavailable CUDA request is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(field, f"unknown device {name!r}; use auto, cpu or cuda[:i]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(field, f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def _on_device(dataset: Any, device: torch.device) -> Any:
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(*(t.to(device) for t in dataset.tensors))
+    return dataset
+
+
+class PeriodEngine:
+    """Trains ``model`` on ``data`` in periods, with ``controller`` setting ``regularizers``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DataSplits,
+        regularizers: RegularizerSet,
+        controller: Controller,
+        options: TrainOptions,
+        loss_terms: Sequence[LossTerm] = (),
+    ) -> None:
+        self.options = options.validate()
+        self.device = resolve_device(options.device)
+        self.model = model.to(self.device)
+        self.data = data
+        self.regularizers = regularizers
+        self.controller = controller
+        self.controller.bind(regularizers.bounds())
+        self.loss_terms = list(loss_terms)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay
+        )
+        cuda_amp = options.amp and self.device.type == "cuda"
+        self.amp_dtype = torch.float16 if cuda_amp else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda_amp)
+        self.train_batches = make_batches(
+            data.train, options.batch_size, options.seed, self.device, options.num_workers
+        )
+        self.val_gen = torch.Generator().manual_seed(options.seed + 7919)
+        self.val_set = _on_device(data.val, self.device)
+        self.test_set = _on_device(data.test, self.device)
+        self.num_classes = data.num_classes
+        self.period = 0
+        self.passes = 0
+        self.status = STATUS_OK
+        self.last: PeriodRecord | None = None
+
+    # ----------------------------------------------------------------- one period
+    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.options.amp):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+            for term in self.loss_terms:
+                loss = loss + term(self.model)
+        return logits, loss
+
+    def step_period(self) -> PeriodRecord:
+        """Run one period and return its record (status ``diverged`` on a non-finite loss)."""
+        if self.status != STATUS_OK:
+            raise RuntimeError(f"run already ended with status {self.status!r}")
+        opts = self.options
+        start = time.perf_counter()
+        state = PeriodState(
+            period=self.period,
+            last=self.last,
+            progress=self.period / opts.periods,
+            epoch=self.train_batches.epoch_progress,
+        )
+        values = self.controller.decide(state)
+        self.regularizers.set_values(values)
+        in_force = self.regularizers.values()
+
+        c = self.num_classes
+        conf = torch.zeros(c * c, dtype=torch.long, device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        epoch_eval: dict[str, float] = {}
+        self.model.train()
+        for _ in range(opts.period_length):
+            x, y = self.train_batches.next()
+            logits, loss = self._forward_loss(x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            loss_sum += loss.detach().float()
+            confusion_update(conf, y, logits.detach().argmax(1))
+            self.passes += 1
+            if self.train_batches.epoch_ended:
+                epoch_eval = self._epoch_evaluation()
+                self.model.train()
+
+        train_loss = float(loss_sum) / opts.period_length
+        if not math.isfinite(train_loss):
+            self.status = STATUS_DIVERGED
+        val_loss, val_f1 = self._val_minibatches()
+        record = PeriodRecord(
+            period=self.period,
+            epoch=self.train_batches.epoch_progress,
+            passes=self.passes,
+            values=in_force,
+            train_loss=train_loss,
+            train_f1=macro_f1(conf),
+            val_loss=val_loss,
+            val_f1=val_f1,
+            seconds=0.0,
+            status=self.status,
+            **epoch_eval,
+        )
+        if self.status == STATUS_OK:
+            self.controller.observe(record)
+        self.period += 1
+        self.last = record
+        record.seconds = time.perf_counter() - start
+        return record
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def _val_minibatches(self) -> tuple[float, float]:
+        n_batches = self.options.val_batches
+        if n_batches == 0:
+            return math.nan, math.nan
+        n = len(self.val_set)
+        bs = min(self.options.batch_size, n)
+        self.model.eval()
+        idx = torch.randint(0, n, (n_batches, bs), generator=self.val_gen)
+        conf = torch.zeros(self.num_classes**2, dtype=torch.long, device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        for row in idx:
+            x, y = self._gather(self.val_set, row)
+            logits, loss = self._forward_loss(x, y)
+            loss_sum += loss.float()
+            confusion_update(conf, y, logits.argmax(1))
+        self.model.train()
+        return float(loss_sum) / n_batches, macro_f1(conf)
+
+    def _gather(self, dataset: Any, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(dataset, TensorDataset):
+            x, y = dataset.tensors
+            idx = idx.to(x.device)
+            return x.index_select(0, idx), y.index_select(0, idx)
+        items = [dataset[int(i)] for i in idx]
+        x = torch.stack([torch.as_tensor(a) for a, _ in items]).to(self.device)
+        y = torch.as_tensor([int(b) for _, b in items]).to(self.device)
+        return x, y
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> tuple[float, float]:
+        """Loss and macro-F1 over a whole split (``val`` or ``test``) in eval mode."""
+        dataset = {"val": self.val_set, "test": self.test_set}[split]
+        self.model.eval()
+        conf = torch.zeros(self.num_classes**2, dtype=torch.long, device=self.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        n = 0
+        for x, y in iterate_eval(
+            dataset, self.options.eval_batch_size, self.device, self.options.num_workers
+        ):
+            logits, loss = self._forward_loss(x, y)
+            loss_sum += loss.double() * len(y)
+            n += len(y)
+            confusion_update(conf, y, logits.argmax(1))
+        self.model.train()
+        return float(loss_sum) / max(n, 1), macro_f1(conf)
+
+    def _epoch_evaluation(self) -> dict[str, float]:
+        val_loss, val_f1 = self.evaluate("val")
+        test_loss, test_f1 = self.evaluate("test")
+        return {
+            "full_val_loss": val_loss,
+            "full_val_f1": val_f1,
+            "test_loss": test_loss,
+            "test_f1": test_f1,
+        }
+
+    # ----------------------------------------------------------------- whole runs
+    def run(
+        self, periods: int | None = None, on_record: Callable[[PeriodRecord], None] | None = None
+    ) -> list[PeriodRecord]:
+        """Run ``periods`` more periods (default: up to ``options.periods``); stops if diverged."""
+        todo = self.options.periods - self.period if periods is None else periods
+        records = []
+        for _ in range(max(todo, 0)):
+            rec = self.step_period()
+            records.append(rec)
+            if on_record is not None:
+                on_record(rec)
+            if rec.status != STATUS_OK:
+                break
+        return records
+
+    @property
+    def done(self) -> bool:
+        return self.status != STATUS_OK or self.period >= self.options.periods
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-for-bit (on the same device type)."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "controller": self.controller.state_dict(),
+            "regularizer_values": self.regularizers.values(),
+            "train_batches": self.train_batches.state_dict(),
+            "val_gen": self.val_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "period": self.period,
+            "passes": self.passes,
+            "status": self.status,
+            "last": None if self.last is None else self.last.to_dict(),
+            "options": asdict(self.options),
+        }
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.controller.load_state_dict(state["controller"])
+        self.regularizers.set_values(state["regularizer_values"])
+        self.train_batches.load_state_dict(state["train_batches"])
+        self.val_gen.set_state(state["val_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.period = int(state["period"])
+        self.passes = int(state["passes"])
+        self.status = str(state["status"])
+        last = state["last"]
+        self.last = None if last is None else PeriodRecord.from_dict(last)
+
+    def save(self, path: str) -> None:
+        torch.save(self.state_dict(), path)
+
+    def load(self, path: str) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))

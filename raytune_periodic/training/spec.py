@@ -1,0 +1,133 @@
+"""One training run described as plain data (``RunSpec``) and built into a ``PeriodEngine``.
+
+A run spec is what an experiment config resolves to per trial::
+
+    {"dataset": {"name": "digits", "train_size": 500, "label_noise": 0.3},
+     "model": {"name": "mlp", "hidden": [512, 512]},
+     "regularizers": [{"kind": "dropout", "where": "head", "value": 0.0}],
+     "controller": {"type": "periodic_random", "ranges": {"dropout": [0.0, 0.7]}},
+     "train": {"period_length": 20, "periods": 100, "seed": 0}}
+
+The dataset's split/noise seed defaults to ``train.seed``, so methods compared at the same seed
+see the same split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from raytune_periodic.controllers import build_controller
+from raytune_periodic.data import load_dataset
+from raytune_periodic.data._base import DataSplits
+from raytune_periodic.errors import ConfigError
+from raytune_periodic.models import build_model
+from raytune_periodic.regularizers import WHERE, Placement, insert_regularizers
+from raytune_periodic.training.engine import PeriodEngine, TrainOptions
+
+_PLACEMENT_KEYS = {f.name for f in fields(Placement)}
+_TRAIN_KEYS = {f.name for f in fields(TrainOptions)}
+
+
+@dataclass
+class RunSpec:
+    dataset: dict[str, Any]
+    model: dict[str, Any]
+    regularizers: list[Placement] = field(default_factory=list)
+    controller: dict[str, Any] = field(default_factory=lambda: {"type": "constant"})
+    train: TrainOptions = field(default_factory=TrainOptions)
+
+
+def _named(section: Any, field_name: str) -> dict[str, Any]:
+    if isinstance(section, str):
+        section = {"name": section}
+    if not isinstance(section, Mapping):
+        raise ConfigError(field_name, f"expected a mapping with 'name', got {section!r}")
+    if "name" not in section:
+        raise ConfigError(f"{field_name}.name", "missing")
+    return dict(section)
+
+
+def parse_placements(items: Any, field_name: str = "regularizers") -> list[Placement]:
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ConfigError(field_name, f"expected a list, got {type(items).__name__}")
+    out = []
+    for i, item in enumerate(items):
+        f = f"{field_name}[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f, f"expected a mapping, got {item!r}")
+        for key in item:
+            if key not in _PLACEMENT_KEYS:
+                raise ConfigError(f"{f}.{key}", f"unknown key; valid: {sorted(_PLACEMENT_KEYS)}")
+        if "kind" not in item:
+            raise ConfigError(f"{f}.kind", "missing")
+        if item.get("where", "head") not in WHERE:
+            raise ConfigError(f"{f}.where", f"unknown {item['where']!r}; valid: {', '.join(WHERE)}")
+        out.append(Placement(**item))
+    names = [p.group for p in out if not p.per_layer]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(field_name, f"duplicate group names {sorted(dup)}: give each a 'name'")
+    return out
+
+
+def parse_train(section: Any, field_name: str = "train") -> TrainOptions:
+    section = section or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(field_name, f"expected a mapping, got {section!r}")
+    for key in section:
+        if key not in _TRAIN_KEYS:
+            raise ConfigError(f"{field_name}.{key}", f"unknown key; valid: {sorted(_TRAIN_KEYS)}")
+    return TrainOptions(**section).validate(field_name)
+
+
+def parse_run_spec(data: Mapping[str, Any]) -> RunSpec:
+    """Validate the shape of a run spec (names are checked when it is built)."""
+    allowed = {"dataset", "model", "regularizers", "controller", "train"}
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(key, f"unknown key; valid: {sorted(allowed)}")
+    controller = data.get("controller") or {"type": "constant"}
+    if not isinstance(controller, Mapping):
+        raise ConfigError("controller", f"expected a mapping with 'type', got {controller!r}")
+    return RunSpec(
+        dataset=_named(data.get("dataset", "digits"), "dataset"),
+        model=_named(data.get("model", "mlp"), "model"),
+        regularizers=parse_placements(data.get("regularizers")),
+        controller=dict(controller),
+        train=parse_train(data.get("train")),
+    )
+
+
+def load_data(spec: RunSpec) -> DataSplits:
+    opts = dict(spec.dataset)
+    name = opts.pop("name")
+    opts.setdefault("seed", spec.train.seed)
+    return load_dataset(name, **opts)
+
+
+def build_engine(
+    spec: RunSpec | Mapping[str, Any], data: DataSplits | None = None, controller: Any = None
+) -> PeriodEngine:
+    """Build model (seeded by ``train.seed``), regularizers, controller and engine from a spec.
+
+    ``data`` may be passed to reuse already-loaded splits; ``controller`` overrides the spec's
+    (for integrations such as the PPO bridge that build their own).
+    """
+    if not isinstance(spec, RunSpec):
+        spec = parse_run_spec(spec)
+    data = data if data is not None else load_data(spec)
+    model_opts = dict(spec.model)
+    name = model_opts.pop("name")
+    torch.manual_seed(spec.train.seed)
+    model = build_model(name, data.input_shape, data.num_classes, **model_opts)
+    regs = insert_regularizers(model, spec.regularizers)
+    if controller is None:
+        controller = build_controller(spec.controller, seed=spec.train.seed)
+    torch.manual_seed(spec.train.seed + 1)
+    return PeriodEngine(model, data, regs, controller, spec.train)
