@@ -43,6 +43,7 @@ class TrainOptions:
     weight_decay: float = 1e-4
     val_batches: int = 2  #: random validation mini-batches evaluated at each period's end
     eval_batch_size: int = 512  #: batch size of full validation/test passes
+    eval_every_epochs: int = 1  #: full validation + test every k epoch ends (0: never)
     device: str = "auto"  #: "auto" (CUDA if present), "cpu", "cuda", "cuda:1"
     amp: bool = False  #: mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU)
     num_workers: int = 0  #: DataLoader workers, only for streamed (non-tensor) datasets
@@ -57,6 +58,14 @@ class TrainOptions:
         if isinstance(self.val_batches, bool) or not isinstance(self.val_batches, int):
             raise ConfigError(
                 f"{field}.val_batches", f"must be an integer, got {self.val_batches!r}"
+            )
+        if isinstance(self.eval_every_epochs, bool) or not isinstance(self.eval_every_epochs, int):
+            raise ConfigError(
+                f"{field}.eval_every_epochs", f"must be an integer, got {self.eval_every_epochs!r}"
+            )
+        if self.eval_every_epochs < 0:
+            raise ConfigError(
+                f"{field}.eval_every_epochs", f"must be >= 0, got {self.eval_every_epochs}"
             )
         if self.val_batches < 0:
             raise ConfigError(f"{field}.val_batches", f"must be >= 0, got {self.val_batches}")
@@ -167,7 +176,7 @@ class PeriodEngine:
             loss_sum += loss.detach().float()
             confusion_update(conf, y, logits.detach().argmax(1))
             self.passes += 1
-            if self.train_batches.epoch_ended:
+            if self.train_batches.epoch_ended and self._evaluate_now():
                 epoch_eval = self._epoch_evaluation()
                 self.model.train()
 
@@ -242,6 +251,10 @@ class PeriodEngine:
             confusion_update(conf, y, logits.argmax(1))
         self.model.train()
         return float(loss_sum) / max(n, 1), macro_f1(conf)
+
+    def _evaluate_now(self) -> bool:
+        every = self.options.eval_every_epochs
+        return every > 0 and self.train_batches.epoch % every == 0
 
     def _epoch_evaluation(self) -> dict[str, float]:
         val_loss, val_f1 = self.evaluate("val")

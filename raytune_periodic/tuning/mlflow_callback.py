@@ -1,0 +1,155 @@
+"""Driver-side Tune callback that writes every trial's every period into MLflow.
+
+Why not Ray's ``MLflowLoggerCallback``: it re-logs params (which MLflow forbids once PBT changes a
+value) and makes one call per metric. Here, values are step metrics, static config is logged once
+when the trial's run is created, and each period is one ``log_batch``.
+
+Step bookkeeping (exactly once): a trial's MLflow step is its own timeline, ``step = period +
+offset``. Before any exploit ``offset = 0``. A result that says it restored a donor's checkpoint
+(PBT exploit) moves the offset so the trial's history continues at ``last_step + 1``; a result
+whose step was already logged (a crash resumed from an older checkpoint re-runs those periods,
+bit-identically) is skipped. On a driver restart the callback re-attaches to the run and reads
+``last_step`` and the last ``period`` back from MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.tune import Callback
+
+from raytune_periodic.records import STATUS_DIVERGED, STATUS_OK
+from raytune_periodic.tuning.trainable import trial_spec
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists become their string form."""
+    out: dict[str, Any] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    else:
+        out[prefix[:-1]] = data
+    return out
+
+
+@dataclass
+class _TrialLog:
+    run_id: str
+    last_step: int = -1
+    offset: int = 0
+    status: str = STATUS_OK
+    records: list[dict[str, float]] = field(default_factory=list)
+    finished: bool = False
+
+
+class MlflowCallback(Callback):
+    """Logs the trials of one method's Tuner under that method's MLflow run."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        invocation_id: str,
+        method_run_id: str,
+        method: str,
+        search: str,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.invocation_id = invocation_id
+        self.method_run_id = method_run_id
+        self.method = method
+        self.search = search
+        self._store: Any = None
+        self._trials: dict[str, _TrialLog] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_store"] = None
+        state["_trials"] = {}
+        return state
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from raytune_periodic.tracking import MlflowStore
+
+            self._store = MlflowStore(self.tracking_uri, self.experiment)
+        return self._store
+
+    # ------------------------------------------------------------------ trial runs
+    def _trial(self, trial: Any) -> _TrialLog:
+        log = self._trials.get(trial.trial_id)
+        if log is not None:
+            return log
+        config = trial.config
+        rp = config["rp"]
+        spec = trial_spec(config)
+        static = {k: v for k, v in spec.items() if k != "controller" or not config.get("values")}
+        params = flatten(static)
+        params.update({"method": self.method, "search": self.search, "seed": rp["seed"]})
+        tags = {
+            "rp.controller": str(spec["controller"].get("type", "constant")),
+            "rp.search": self.search,
+            "rp.dataset": str(spec["dataset"]["name"]),
+            "rp.model": str(spec["model"]["name"]),
+            "rp.seed": str(rp["seed"]),
+            "rp.replicate": str(rp.get("replicate", 0)),
+        }
+        run_id = self.store.start_trial(
+            self.method_run_id, self.invocation_id, self.method, trial.trial_id, params, tags
+        )
+        log = _TrialLog(run_id=run_id)
+        history = self.store.history(run_id)
+        if history:
+            log.records = history
+            log.last_step = int(history[-1]["step"])
+            log.offset = log.last_step - int(history[-1]["period"])
+        self._trials[trial.trial_id] = log
+        return log
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._trial(trial)
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        log = self._trial(trial)
+        records = json.loads(result.get("rp_records") or "[]")
+        donor = result.get("rp_donor_trial")
+        for i, rec in enumerate(records):
+            period = int(rec["period"])
+            if donor is not None and i == 0:
+                log.offset = log.last_step + 1 - period
+                self.store.log_exploit(
+                    log.run_id, log.last_step + 1, str(donor), int(result["rp_donor_period"])
+                )
+            step = period + log.offset
+            if step <= log.last_step:
+                continue  # already logged before a crash-restore re-ran this period
+            self.store.log_step(log.run_id, step, rec)
+            log.last_step = step
+            log.records.append({**rec, "step": float(step)})
+        if result.get("rp_status") == STATUS_DIVERGED:
+            log.status = STATUS_DIVERGED
+
+    def _finish(self, trial: Any, status: str) -> None:
+        log = self._trial(trial)
+        if log.finished:
+            return
+        final = log.status if status == STATUS_OK else status
+        self.store.finish_trial(log.run_id, log.records, final)
+        log.finished = True
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, STATUS_OK)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, "error")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self._store is not None:
+            self._store.flush()

@@ -1,0 +1,147 @@
+"""``PeriodTrainable``: a Ray Tune class trainable wrapping the period engine.
+
+One Tune iteration runs ``iteration_periods`` periods. Checkpoints carry the engine's exact state
+plus the id of the trial that wrote them, so a restore can tell a crash-resume (own checkpoint)
+from a PBT exploit (a donor's checkpoint) and report the latter to the MLflow callback.
+``reset_config`` applies new values in place (PBT explore with ``reuse_actors=True``) and rebuilds
+the engine only when the static part of the trial changes (an actor reused for another trial).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from ray import tune
+
+from raytune_periodic.records import STATUS_OK
+from raytune_periodic.training import PeriodEngine, build_engine
+
+CHECKPOINT_FILE = "engine.pt"
+
+
+def trial_spec(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run spec of one trial: the method's spec with its seed, budget and searched values.
+
+    The dataset split and label noise use the experiment seed (paired across methods); the model
+    initialisation and the controller use ``seed * 1000 + replicate``.
+    """
+    rp = config["rp"]
+    spec = copy.deepcopy(rp["spec"])
+    seed, replicate = int(rp["seed"]), int(rp.get("replicate", 0))
+    spec["dataset"] = {"seed": seed, **spec.get("dataset", {})}
+    spec["train"] = {**spec.get("train", {}), "periods": rp["periods"]}
+    spec["train"]["seed"] = seed * 1000 + replicate
+    values = config.get("values")
+    if values:
+        spec["controller"] = {
+            "type": "constant",
+            "values": {k: float(v) for k, v in values.items()},
+        }
+    return spec
+
+
+def _static(config: Mapping[str, Any]) -> dict[str, Any]:
+    rp = dict(config["rp"])
+    rp.pop("replicate", None)  # PBT clones change it; irrelevant once weights are restored
+    return rp
+
+
+def clip_explore(
+    config: dict[str, Any], bounds: Mapping[str, tuple[float, float]]
+) -> dict[str, Any]:
+    """PBT explore hook: keep perturbed values inside their search ranges."""
+    values = config.get("values", {})
+    for group, (low, high) in bounds.items():
+        if group in values:
+            values[group] = min(max(float(values[group]), low), high)
+    return config
+
+
+def make_clip_explore(bounds: Mapping[str, tuple[float, float]]) -> Any:
+    return functools.partial(clip_explore, bounds=dict(bounds))
+
+
+class PeriodTrainable(tune.Trainable):
+    """Trains one trial's engine; each ``step`` = ``iteration_periods`` periods."""
+
+    engine: PeriodEngine
+
+    def setup(self, config: dict[str, Any]) -> None:
+        torch.set_num_threads(max(1, int(config["rp"].get("threads", 1))))
+        self._build(config)
+
+    def _build(self, config: Mapping[str, Any]) -> None:
+        self.engine = build_engine(trial_spec(config))
+        self.iteration_periods = int(config["rp"].get("iteration_periods", 1))
+        self.full_val_last: float | None = None
+        self.donor: tuple[str, int] | None = None
+
+    def _apply_values(self, config: Mapping[str, Any]) -> None:
+        values = config.get("values")
+        if values:
+            self.engine.controller.values = {k: float(v) for k, v in values.items()}
+
+    def step(self) -> dict[str, Any]:
+        records = self.engine.run(self.iteration_periods)
+        for rec in records:
+            if rec.full_val_f1 is not None:
+                self.full_val_last = rec.full_val_f1
+        last = records[-1]
+        result: dict[str, Any] = dict(last.metrics())
+        finite = math.isfinite(last.val_f1)
+        result["full_val_f1_last"] = self.full_val_last if self.full_val_last is not None else 0.0
+        result["objective"] = (
+            self.full_val_last
+            if self.full_val_last is not None
+            else (last.val_f1 if finite else 0.0)
+        )
+        result["rp_status"] = last.status
+        # every period of the iteration, as JSON text (Tune loggers skip strings)
+        result["rp_records"] = json.dumps([r.metrics() for r in records])
+        if self.donor is not None:
+            result["rp_donor_trial"], result["rp_donor_period"] = self.donor
+            self.donor = None
+        if self.engine.done:
+            result["done"] = True
+        if last.status != STATUS_OK:
+            result["objective"] = 0.0
+        return result
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        state = self.engine.state_dict()
+        state["rp_trial_id"] = self.trial_id
+        state["rp_full_val_last"] = self.full_val_last
+        torch.save(state, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+
+    def load_checkpoint(self, checkpoint: str | dict | None) -> None:
+        assert isinstance(checkpoint, str)
+        state = torch.load(
+            os.path.join(checkpoint, CHECKPOINT_FILE),
+            map_location=self.engine.device,
+            weights_only=False,
+        )
+        self.engine.load_state_dict(state)
+        self.full_val_last = state.get("rp_full_val_last")
+        owner = state.get("rp_trial_id")
+        if owner is not None and owner != self.trial_id:
+            self.donor = (str(owner), int(state["period"]) - 1)
+        self._apply_values(self.config)
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        if _static(new_config) != _static(self.config):
+            self.engine.controller.close()
+            self._build(new_config)
+        else:
+            self._apply_values(new_config)
+        self.config = new_config
+        return True
+
+    def cleanup(self) -> None:
+        self.engine.controller.close()
