@@ -184,9 +184,8 @@ class GridMethod(SearchMethod):
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{fld}.{group}", f"expected a non-empty list, got {values!r}")
             for v in values:
-                if isinstance(v, bool) or not isinstance(v, int | float):
-                    raise ConfigError(f"{fld}.{group}", f"values must be numbers, got {v!r}")
-                _space_entry([v, v + 1e-12], f"{fld}.{group}", None, group)
+                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                    raise ConfigError(f"{fld}.{group}", f"values must be finite numbers, got {v!r}")
                 if bounds is not None:
                     if group not in bounds:
                         raise ConfigError(
@@ -246,7 +245,7 @@ class OptunaMethod(_ValueSearch):
         sampler = optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=int(self.entry.get("n_startup_trials", 2))
         )
-        searcher = OptunaSearch(sampler=sampler, metric=metric, mode="max")
+        searcher = OptunaSearch(sampler=sampler)  # metric/mode come from TuneConfig
         return {"num_samples": self.trials, "search_alg": searcher}
 
 
@@ -291,9 +290,7 @@ class PBTMethod(_ValueSearch):
         from ray.tune.schedulers import PopulationBasedTraining
 
         return PopulationBasedTraining(
-            time_attr="training_iteration",
-            metric=metric,
-            mode="max",
+            time_attr="training_iteration",  # metric/mode come from TuneConfig
             perturbation_interval=int(self.entry.get("perturbation_interval", 5)),
             hyperparam_mutations={"values": self._domains()},
             quantile_fraction=float(self.entry.get("quantile_fraction", 0.25)),
@@ -325,9 +322,7 @@ class PB2Method(PBTMethod):
             for group, value in self.entry["space"].items()
         }
         return PB2(
-            time_attr="training_iteration",
-            metric=metric,
-            mode="max",
+            time_attr="training_iteration",  # metric/mode come from TuneConfig
             perturbation_interval=int(self.entry.get("perturbation_interval", 5)),
             hyperparam_bounds={"values": bounds},
             quantile_fraction=float(self.entry.get("quantile_fraction", 0.25)),

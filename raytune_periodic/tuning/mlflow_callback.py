@@ -103,7 +103,7 @@ class MlflowCallback(Callback):
             self.method_run_id, self.invocation_id, self.method, trial.trial_id, params, tags
         )
         log = _TrialLog(run_id=run_id)
-        history = self.store.history(run_id)
+        history = self.store.history_records(run_id)
         if history:
             log.records = history
             log.last_step = int(history[-1]["step"])

@@ -72,6 +72,7 @@ class PeriodTrainable(tune.Trainable):
     """Trains one trial's engine; each ``step`` = ``iteration_periods`` periods."""
 
     engine: PeriodEngine
+    engine_trial_id: str
 
     def setup(self, config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(config["rp"].get("threads", 1))))
@@ -79,6 +80,7 @@ class PeriodTrainable(tune.Trainable):
 
     def _build(self, config: Mapping[str, Any]) -> None:
         self.engine = build_engine(trial_spec(config))
+        self.engine_trial_id = self.trial_id
         self.iteration_periods = int(config["rp"].get("iteration_periods", 1))
         self.full_val_last: float | None = None
         self.donor: tuple[str, int] | None = None
@@ -135,7 +137,8 @@ class PeriodTrainable(tune.Trainable):
         self._apply_values(self.config)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
-        if _static(new_config) != _static(self.config):
+        # Tune has already switched ``trial_id`` when the actor is reused for another trial
+        if self.trial_id != self.engine_trial_id or _static(new_config) != _static(self.config):
             self.engine.controller.close()
             self._build(new_config)
         else:

@@ -1,0 +1,121 @@
+"""Comparison plots (PNG, matplotlib's Agg canvas; no pyplot global state).
+
+F1 curves are per method: the mean over its trials at each step of the trial timeline (the
+period index, for methods without PBT), with a ±1 std band where a method has 2+ trials.
+Hyperparameter values are drawn per trial (thin steps): a mean of periodic random schedules
+would be flat. A method keeps its colour across the figures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from raytune_periodic._imports import require
+from raytune_periodic.report.compare import ExperimentData, MethodData, TrialData
+
+_STEP_LABEL = "period (trial timeline step)"
+
+
+def write_plots(data: ExperimentData, out_dir: str | Path) -> list[Path]:
+    """Write ``val_f1.png``, ``values.png`` and ``train_vs_val.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = [m for m in data.methods if m.trials]
+    colors = {m.name: f"C{i % 10}" for i, m in enumerate(methods)}
+    return [
+        _save(_val_f1(methods, colors), out / "val_f1.png"),
+        _save(_values(methods, colors), out / "values.png"),
+        _save(_train_vs_val(methods), out / "train_vs_val.png"),
+    ]
+
+
+def _figure(n_panels: int, width: float = 6.0, height: float = 3.6) -> tuple[Any, list[Any]]:
+    figure = require("matplotlib.figure")
+    cols = min(n_panels, 3)
+    rows = math.ceil(n_panels / cols)
+    fig = figure.Figure(figsize=(width * cols, height * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes[:n_panels]
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _mean_band(trials: Sequence[TrialData], key: str) -> tuple[Any, Any, Any] | None:
+    """(steps, mean, std) over the trials' histories of ``key``; None when none has it."""
+    pd = require("pandas")
+    series = {t.trial_id: pd.Series(t.history[key]) for t in trials if t.history.get(key)}
+    if not series:
+        return None
+    frame = pd.DataFrame(series).sort_index()
+    return frame.index.to_numpy(), frame.mean(axis=1).to_numpy(), frame.std(axis=1).to_numpy()
+
+
+def _curve(ax: Any, trials: Sequence[TrialData], key: str, label: str, **style: Any) -> None:
+    band = _mean_band(trials, key)
+    if band is None:
+        return
+    steps, mean, std = band
+    (line,) = ax.plot(steps, mean, label=label, **style)
+    if len(trials) > 1:
+        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+
+
+def _empty(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _val_f1(methods: Sequence[MethodData], colors: dict[str, str]) -> Any:
+    fig, (ax,) = _figure(1, 8.0, 4.5)
+    for method in methods:
+        label = f"{method.name} (n={len(method.trials)})"
+        _curve(ax, method.trials, "val_f1", label, color=colors[method.name])
+    ax.set(xlabel=_STEP_LABEL, ylabel="val F1 (period mini-batches)", title="Validation F1")
+    if methods:
+        ax.legend(fontsize="small")
+    else:
+        _empty(ax, "no trials")
+    return fig
+
+
+def _values(methods: Sequence[MethodData], colors: dict[str, str]) -> Any:
+    names = sorted({n for m in methods for t in m.trials for n in t.value_names})
+    fig, axes = _figure(max(len(names), 1))
+    if not names:
+        _empty(axes[0], "no hyperparameter values logged")
+        return fig
+    for ax, name in zip(axes, names):
+        for method in methods:
+            label: str | None = method.name
+            for trial in method.trials:
+                points = sorted(trial.history.get(f"value/{name}", {}).items())
+                if not points:
+                    continue
+                steps, values = zip(*points)
+                style = {"color": colors[method.name], "alpha": 0.6, "lw": 1.0}
+                ax.plot(steps, values, drawstyle="steps-post", label=label, **style)
+                label = None
+        ax.set(xlabel=_STEP_LABEL, ylabel=name, title=f"value/{name}")
+        ax.legend(fontsize="small")
+    return fig
+
+
+def _train_vs_val(methods: Sequence[MethodData]) -> Any:
+    fig, axes = _figure(max(len(methods), 1))
+    if not methods:
+        _empty(axes[0], "no trials")
+        return fig
+    for ax, method in zip(axes, methods):
+        _curve(ax, method.trials, "train_f1", "train F1")
+        _curve(ax, method.trials, "val_f1", "val F1", linestyle="--")
+        ax.set(xlabel=_STEP_LABEL, ylabel="F1", title=f"{method.name}: train vs val F1")
+        ax.legend(fontsize="small")
+    return fig

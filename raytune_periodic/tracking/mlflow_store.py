@@ -1,0 +1,383 @@
+"""MLflow store: invocation → method → trial runs, per-period step metrics, trial summaries.
+
+Everything goes through one ``MlflowClient`` (no fluent ``mlflow.start_run`` global state: the
+store is driven from a driver-side Tune callback). The layout is the contract in docs/MLFLOW.md.
+
+Per-period metrics are written off the caller's thread by default: one background thread
+makes the (synchronous) ``log_batch`` calls in order, ~0.1 ms for the caller instead of ~6-10 ms
+on SQLite. ``flush()`` waits for them; every read and ``finish_*`` flushes first. MLflow's own
+``synchronous=False`` mode is not used: with its queue active, every ``set_terminated`` (the end
+of each trial run) blocks ~1 s (its logging loop polls with a 1 s timeout), and it drops queued
+batches at interpreter shutdown (docs/MLFLOW.md).
+"""
+
+from __future__ import annotations
+
+import atexit
+import csv
+import io
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from raytune_periodic._imports import require
+from raytune_periodic.tracking import (
+    SUMMARY_KEYS,
+    default_tracking_uri,
+    flatten,
+    metric_key,
+    schedule_csv,
+    sqlite_path,
+    summarize,
+    yaml_text,
+)
+
+mlflow = require("mlflow")
+_entities = require("mlflow.entities")
+Metric = _entities.Metric
+Param = _entities.Param
+RunTag = _entities.RunTag
+
+_log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+KIND_INVOCATION, KIND_METHOD, KIND_TRIAL = "invocation", "method", "trial"
+TRIAL_STATUSES = {"ok": "FINISHED", "diverged": "FINISHED", "error": "FAILED"}
+PBT_EVENTS_FILE = "pbt_events.csv"
+_ID_TAG = {KIND_METHOD: "rp.method", KIND_TRIAL: "rp.trial_id"}
+
+
+def _rp_tags(tags: Mapping[str, object] | None) -> dict[str, str]:
+    """Tags with the ``rp.`` prefix added to bare keys (``seed`` → ``rp.seed``)."""
+    out = {}
+    for key, val in (tags or {}).items():
+        full = key if key.startswith(("rp.", "mlflow.")) else f"rp.{key}"
+        out[full] = str(val)[:8000]
+    return out
+
+
+def _q(value: str) -> str:
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# ----------------------------------------------------------------------------- the store
+class MlflowStore:
+    """Writes the invocation/method/trial run tree of one MLflow experiment.
+
+    ``start_*`` are idempotent (re-attach by tags after a crash or ``--resume``), params are
+    write-once (a re-attach only logs keys the run lacks), and ``log_step`` logs each step of a
+    run once (steps at or below the run's last logged step are skipped).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        experiment_name: str,
+        *,
+        synchronous: bool = False,
+        artifact_location: str | None = None,
+    ) -> None:
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.experiment_name = experiment_name
+        self.synchronous = synchronous
+        db = sqlite_path(self.tracking_uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment_name)
+        if exp is None:
+            if artifact_location is None and db is not None:
+                artifact_location = str(db.parent / "mlartifacts" / metric_key(experiment_name))
+            self.experiment_id = self.client.create_experiment(
+                experiment_name, artifact_location=artifact_location
+            )
+        else:
+            self.experiment_id = exp.experiment_id
+        self._runs: dict[tuple[str, ...], str] = {}
+        self._last: dict[str, int] = {}
+        self._queue: queue.Queue[tuple[str, list[Any], list[Any]]] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._errors: list[Exception] = []
+        self._events: dict[str, list[list[str]]] = {}
+        self._closed: set[str] = set()
+
+    # ------------------------------------------------------------------ run tree
+    def start_invocation(
+        self,
+        invocation_id: str,
+        config: Mapping[str, Any] | str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, object] | None = None,
+    ) -> str:
+        """The invocation run (re-attached, status RUNNING again, if ``invocation_id`` exists)."""
+        all_tags = {**_rp_tags(tags), "rp.kind": KIND_INVOCATION, "rp.invocation_id": invocation_id}
+        run_id, created = self._get_or_create(
+            (KIND_INVOCATION, invocation_id), all_tags, params, f"invocation-{invocation_id[:8]}"
+        )
+        if created or not self._has_artifact(run_id, "config.yaml"):
+            text = config if isinstance(config, str) else yaml_text(config)
+            self.client.log_text(run_id, text, "config.yaml")
+        return run_id
+
+    def start_method(
+        self,
+        invocation_run_id: str,
+        invocation_id: str,
+        method: str,
+        search: str,
+        params: Mapping[str, Any],
+    ) -> str:
+        """The method run, a child of the invocation run; idempotent by (invocation, method)."""
+        tags = {
+            PARENT_TAG: invocation_run_id,
+            "rp.kind": KIND_METHOD,
+            "rp.method": method,
+            "rp.invocation_id": invocation_id,
+            "rp.search": search,
+        }
+        return self._get_or_create((KIND_METHOD, invocation_id, method), tags, params, method)[0]
+
+    def start_trial(
+        self,
+        method_run_id: str,
+        invocation_id: str,
+        method: str,
+        trial_id: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, object] | None = None,
+    ) -> str:
+        """The trial run, a child of the method run; idempotent by (invocation, trial id).
+
+        ``tags`` carry controller/dataset/model/seed (bare keys get the ``rp.`` prefix).
+        """
+        all_tags = {
+            **_rp_tags(tags),
+            PARENT_TAG: method_run_id,
+            "rp.kind": KIND_TRIAL,
+            "rp.method": method,
+            "rp.trial_id": trial_id,
+            "rp.invocation_id": invocation_id,
+            "rp.status": "running",
+        }
+        key = (KIND_TRIAL, invocation_id, trial_id)
+        return self._get_or_create(key, all_tags, params, f"{method}-{trial_id}")[0]
+
+    def _get_or_create(
+        self, key: tuple[str, ...], tags: dict[str, str], params: Mapping[str, Any], name: str
+    ) -> tuple[str, bool]:
+        if key in self._runs:
+            run_id = self._runs[key]
+            if run_id in self._closed:  # started again after finish (a retried trial)
+                self._reopen(run_id, key[0])
+            return run_id, False
+        filt = [f"tags.`rp.kind` = {_q(key[0])}", f"tags.`rp.invocation_id` = {_q(key[1])}"]
+        if len(key) > 2:
+            filt.append(f"tags.`{_ID_TAG[key[0]]}` = {_q(key[2])}")
+        found = self.client.search_runs(
+            [self.experiment_id], " and ".join(filt), max_results=1, order_by=["start_time ASC"]
+        )
+        flat = flatten(params)
+        if found:
+            run = found[0]
+            run_id = run.info.run_id
+            missing = {k: v for k, v in flat.items() if k not in run.data.params}
+            changed = [k for k, v in flat.items() if run.data.params.get(k, v) != v]
+            if changed:
+                _log.warning(
+                    "run %s: params are write-once, kept old values of %s", run_id, changed
+                )
+            self._log_params(run_id, missing)
+            if run.info.status != "RUNNING":
+                self._reopen(run_id, key[0])
+            created = False
+        else:
+            run_id = self.client.create_run(
+                self.experiment_id, tags=tags, run_name=name
+            ).info.run_id
+            self._log_params(run_id, flat)
+            created = True
+        self._runs[key] = run_id
+        return run_id, created
+
+    def _reopen(self, run_id: str, kind: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+        if kind == KIND_TRIAL:
+            self.client.set_tag(run_id, "rp.status", "running")
+        self._closed.discard(run_id)
+
+    def _log_params(self, run_id: str, flat: Mapping[str, str]) -> None:
+        items = [Param(k, v) for k, v in flat.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100], synchronous=True)
+
+    # ------------------------------------------------------------------ per-period logging
+    def last_step(self, run_id: str) -> int:
+        """The largest step of metric ``period`` logged to the run (−1 when none)."""
+        self.flush(strict=False)
+        return max(self._persisted_last_step(run_id), self._last.get(run_id, -1))
+
+    def _persisted_last_step(self, run_id: str) -> int:
+        history = self.client.get_metric_history(run_id, "period")
+        return max((m.step for m in history), default=-1)
+
+    def log_step(self, run_id: str, step: int, metrics: Mapping[str, float | None]) -> bool:
+        """Log one period's metrics at ``step`` in one ``log_batch``; False if already logged.
+
+        NaN is stored as NaN and ±inf as ±float max (MLflow's own conversion); a ``step`` key
+        is ignored; None and non-numeric values are skipped (a warning names them).
+        """
+        step = int(step)
+        if run_id not in self._last:  # first step this process logs: what is stored already?
+            self._last[run_id] = self._persisted_last_step(run_id)
+        if step <= self._last[run_id]:
+            return False
+        ts = _now_ms()
+        batch, skipped = [], []
+        for key, val in metrics.items():
+            if key == "step":
+                continue
+            try:
+                batch.append(Metric(metric_key(key), float(val), ts, step))  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                if val is not None:
+                    skipped.append(key)
+        if skipped:
+            _log.warning("run %s step %d: skipped non-numeric metrics %s", run_id, step, skipped)
+        self._log_metrics(run_id, batch)
+        self._last[run_id] = step
+        return True
+
+    def log_exploit(self, run_id: str, step: int, donor_trial_id: str, donor_period: int) -> None:
+        """A PBT exploit at ``step``: metrics ``exploited``/``exploit_donor_period``, tag
+        ``rp.last_donor`` and a row of the ``pbt_events.csv`` artifact."""
+        ts, step = _now_ms(), int(step)
+        metrics = [
+            Metric("exploited", 1.0, ts, step),
+            Metric("exploit_donor_period", float(donor_period), ts, step),
+        ]
+        self._log_metrics(run_id, metrics, [RunTag("rp.last_donor", str(donor_trial_id))])
+        if run_id not in self._events:
+            self._events[run_id] = self._read_events(run_id)
+        self._events[run_id].append([str(step), str(donor_trial_id), str(donor_period)])
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(
+            [["step", "donor_trial_id", "donor_period"], *self._events[run_id]]
+        )
+        self.client.log_text(run_id, buf.getvalue(), PBT_EVENTS_FILE)
+
+    def _read_events(self, run_id: str) -> list[list[str]]:
+        if not self._has_artifact(run_id, PBT_EVENTS_FILE):
+            return []
+        path = self.client.download_artifacts(run_id, PBT_EVENTS_FILE)
+        rows = list(csv.reader(Path(path).read_text().splitlines()))
+        return rows[1:]
+
+    def _log_metrics(self, run_id: str, metrics: list[Any], tags: Sequence[Any] = ()) -> None:
+        if self.synchronous:
+            self.client.log_batch(run_id, metrics=metrics, tags=list(tags), synchronous=True)
+            return
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="rp-mlflow", daemon=True)
+            self._writer.start()
+            atexit.register(self.flush, strict=False)
+        self._queue.put((run_id, metrics, list(tags)))
+
+    def _write_loop(self) -> None:
+        while True:
+            run_id, metrics, tags = self._queue.get()
+            try:
+                self.client.log_batch(run_id, metrics=metrics, tags=tags, synchronous=True)
+            except Exception as exc:  # noqa: BLE001 - kept for flush()
+                _log.error("MLflow log_batch for run %s failed: %s", run_id, exc)
+                self._errors.append(exc)
+            finally:
+                self._queue.task_done()
+
+    def flush(self, strict: bool = True) -> None:
+        """Wait until every queued ``log_batch`` is written.
+
+        ``strict``: raise if any of them failed since the last strict flush (the store's own
+        reads and ``finish_*`` flush non-strictly: failures are logged and kept for ``close``).
+        """
+        self._queue.join()
+        if strict and self._errors:
+            errors, self._errors = self._errors, []
+            raise RuntimeError(f"{len(errors)} MLflow log_batch call(s) failed: {errors[0]}")
+
+    def close(self) -> None:
+        """Flush pending logging (call before the process exits); raise if any batch failed."""
+        self.flush()
+
+    def __enter__(self) -> MlflowStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ finishing
+    def history_records(self, run_id: str) -> list[dict[str, float]]:
+        """Per-step metric dicts (with ``step``) rebuilt from the run's metric histories."""
+        self.flush(strict=False)
+        keys = [k for k in self.client.get_run(run_id).data.metrics if k not in SUMMARY_KEYS]
+        by_step: dict[int, dict[str, float]] = {}
+        for key in keys:
+            for m in self.client.get_metric_history(run_id, key):
+                by_step.setdefault(m.step, {"step": float(m.step)})[key] = m.value
+        return [by_step[s] for s in sorted(by_step)]
+
+    def finish_trial(
+        self, run_id: str, records: Sequence[Mapping[str, float]] | None, status: str
+    ) -> dict[str, float]:
+        """Log the summary metrics and ``schedule.csv``, set ``rp.status`` and end the run.
+
+        ``records`` are the per-step metric dicts (each with ``step``); None reads them back
+        from MLflow. ``status``: ok | diverged (run FINISHED) | error (run FAILED).
+        """
+        if status not in TRIAL_STATUSES:
+            raise ValueError(
+                f"trial status must be one of {sorted(TRIAL_STATUSES)}, got {status!r}"
+            )
+        self.flush(strict=False)
+        recs = self.history_records(run_id) if records is None else list(records)
+        n_exploits = len(self.client.get_metric_history(run_id, "exploited"))
+        summary = summarize(recs, n_exploits)
+        ts = _now_ms()
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()],
+            tags=[RunTag("rp.status", status)],
+            synchronous=True,
+        )
+        self.client.log_text(run_id, schedule_csv(recs), "schedule.csv")
+        self.client.set_terminated(run_id, TRIAL_STATUSES[status])
+        self._closed.add(run_id)
+        return summary
+
+    def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """End an invocation or method run (FINISHED | FAILED | KILLED)."""
+        self.flush(strict=False)
+        self.client.set_terminated(run_id, status)
+        self._closed.add(run_id)
+
+    # ------------------------------------------------------------------ artifacts
+    def _has_artifact(self, run_id: str, name: str) -> bool:
+        """Whether the run has the top-level artifact file ``name`` (listing a file path gives
+        nothing on some artifact stores, so list the root)."""
+        return any(f.path == name for f in self.client.list_artifacts(run_id))
+
+    def log_artifact_text(self, run_id: str, name: str, text: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_artifact_file(
+        self, run_id: str, path: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
