@@ -35,6 +35,8 @@ TRIALS = {
     "t3": ("PD", 0.84, 0.81, 0.07, None),  # never finished: summary computed from history
     "t4": ("PD", 0.10, 0.10, 0.00, "error"),  # excluded from the scores, counted in the cost
 }
+# the seed of each trial: BL has one trial per seed, PD's scored trials share seed 0
+SEEDS = {"t0": 0, "t1": 1, "t2": 0, "t3": 0, "t4": 1}
 
 
 def _records(best: float, test: float, gap: float, dropout: bool) -> list[dict[str, float]]:
@@ -76,7 +78,8 @@ def uri(tmp_path_factory: pytest.TempPathFactory) -> str:
             for name, search in (("BL", "grid"), ("PD", "controller"))
         }
         for trial_id, (method, best, test, gap, status) in TRIALS.items():
-            run = store.start_trial(methods[method], INVOCATION, method, trial_id, {}, {})
+            tags = {"seed": str(SEEDS[trial_id])}
+            run = store.start_trial(methods[method], INVOCATION, method, trial_id, {}, tags)
             recs = _records(best, test, gap, dropout=method == "PD")
             for rec in recs:
                 store.log_step(run, int(rec["step"]), rec)
@@ -116,6 +119,9 @@ def test_method_table_values(table: pd.DataFrame) -> None:
     assert (bl["test_f1_mean"], bl["test_f1_std"]) == pytest.approx((0.72, 0.12 / s2))
     assert (bl["gap_mean"], bl["gap_std"]) == pytest.approx((0.15, 0.10 / s2))
     assert (bl["trial_seconds"], bl["passes"]) == pytest.approx((4.0, 80.0))
+    # per seed, the best-validation trial: BL keeps both (one per seed)
+    assert bl["n_seeds"] == 2
+    assert (bl["sel_val_f1_mean"], bl["sel_test_f1_mean"]) == pytest.approx((0.75, 0.72))
 
     assert (pdm["n_trials"], pdm["n_diverged"], pdm["n_errors"]) == (3, 0, 1)
     assert pdm["best_val_f1"] == pytest.approx(0.90)
@@ -123,6 +129,10 @@ def test_method_table_values(table: pd.DataFrame) -> None:
     assert (pdm["test_f1_mean"], pdm["test_f1_std"]) == pytest.approx((0.83, 0.04 / s2))
     assert (pdm["gap_mean"], pdm["gap_std"]) == pytest.approx((0.06, 0.02 / s2))
     assert (pdm["trial_seconds"], pdm["passes"]) == pytest.approx((6.0, 120.0))
+    # PD: seed 0 selects t2 (0.90 > 0.84); seed 1 has only the errored trial
+    assert pdm["n_seeds"] == 1
+    assert (pdm["sel_val_f1_mean"], pdm["sel_test_f1_mean"]) == pytest.approx((0.90, 0.85))
+    assert math.isnan(pdm["sel_val_f1_std"])
 
 
 def test_render_markdown_and_csv(table: pd.DataFrame) -> None:
@@ -132,10 +142,10 @@ def test_render_markdown_and_csv(table: pd.DataFrame) -> None:
     assert len(lines) == 4
     assert lines[0].startswith("| method | search | trials |")
     assert lines[2] == (
-        "| BL | grid | 2 | 1 | 0 | 0.800 | 0.750 ± 0.071 | 0.720 ± 0.085 | 0.150 ± 0.071 "
-        "| 4.0 | 80 |"
+        "| BL | grid | 2 | 1 | 0 | 2 | 0.750 ± 0.071 | 0.720 ± 0.085 | 0.800 | 0.750 ± 0.071 "
+        "| 0.720 ± 0.085 | 0.150 ± 0.071 | 4.0 | 80 |"
     )
-    assert "| PD | controller | 3 | 0 | 1 | 0.900 | 0.870 ± 0.042 |" in lines[3]
+    assert "| PD | controller | 3 | 0 | 1 | 1 | 0.900 | 0.850 | 0.900 | 0.870 ± 0.042 |" in lines[3]
     back = pd.read_csv(io.StringIO(render_table(df, "csv")))
     assert list(back.columns) == list(df.columns)
     assert back["val_f1_mean"].tolist() == pytest.approx([0.75, 0.87])
@@ -145,11 +155,14 @@ def test_render_markdown_and_csv(table: pd.DataFrame) -> None:
 
 def test_single_trial_has_no_std() -> None:
     df = pd.DataFrame([{"method": "A", "search": "grid", "n_trials": 1, "n_diverged": 0,
-                        "n_errors": 0, "best_val_f1": 0.5, "val_f1_mean": 0.5,
+                        "n_errors": 0, "n_seeds": 1, "sel_val_f1_mean": 0.5,
+                        "sel_val_f1_std": math.nan, "sel_test_f1_mean": math.nan,
+                        "sel_test_f1_std": math.nan, "best_val_f1": 0.5, "val_f1_mean": 0.5,
                         "val_f1_std": math.nan, "test_f1_mean": math.nan,
                         "test_f1_std": math.nan, "gap_mean": 0.1, "gap_std": math.nan,
                         "trial_seconds": 1.0, "passes": 10.0}])  # fmt: skip
-    assert "| A | grid | 1 | 0 | 0 | 0.500 | 0.500 | – | 0.100 | 1.0 | 10 |" in render_table(df)
+    row = "| A | grid | 1 | 0 | 0 | 1 | 0.500 | – | 0.500 | 0.500 | – | 0.100 | 1.0 | 10 |"
+    assert row in render_table(df)
 
 
 def test_write_plots(uri: str, tmp_path: Path) -> None:

@@ -295,7 +295,9 @@ class PBTMethod(_ValueSearch):
             hyperparam_mutations={"values": self._domains()},
             quantile_fraction=float(self.entry.get("quantile_fraction", 0.25)),
             resample_probability=float(self.entry.get("resample_probability", 0.25)),
-            synch=bool(self.entry.get("synch", False)),
+            # synchronous by default: every trial then runs exactly budget.periods periods
+            # (async PBT can clone a donor's older checkpoint and re-run periods)
+            synch=bool(self.entry.get("synch", True)),
         )
 
     def tune_config(self, seed: int, metric: str) -> dict[str, Any]:
