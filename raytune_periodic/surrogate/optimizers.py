@@ -1,0 +1,134 @@
+"""Nevergrad's DE and PSO for the 8 sparseness hyperparameters (§2.3, §3.1), in populations.
+
+- **DE/rand/1/bin** (F = 0.1, CR = 0.6): :class:`~raytune_periodic.surrogate.de_rand1.DERand1Bin`,
+  a thin extension of Nevergrad's DE (Nevergrad has no rand/1), with Nevergrad's LHS
+  initialisation.
+- **PSO** (w = 0.6, c1 = 0.2, c2 = 0.9): ``ng.families.ConfPSO(popsize, omega, phip, phig)``. It has
+  no LHS option, so its first population is an LHS sample (Nevergrad's ``LHSSearch``) fed through
+  ``suggest``.
+
+Both search ``ng.p.Log`` λ and bounded ``ng.p.Scalar`` p (:func:`de_rand1.parametrization`).
+:class:`PopulationOptimizer` asks a whole population, then tells it (never more than ``popsize``
+asks before the tells: ng#1461), and maximises the objective (Nevergrad minimises ``−obj``).
+Nevergrad is imported when an optimizer is built, not when this module is imported.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from raytune_periodic.errors import ConfigError
+from raytune_periodic.surrogate.sparseness import HypParaSet, SearchSpace
+
+OPTIMIZERS = ("de", "pso")
+#: loss told for a candidate whose objective is not finite (a diverged training)
+WORST_LOSS = 1e6
+
+
+@dataclass
+class OptimizerOptions:
+    """Which optimizer and its coefficients (defaults: §3.1)."""
+
+    name: str = "pso"  #: "de" (DE/rand/1/bin) or "pso"
+    popsize: int = 6
+    F: float = 0.1  #: DE mutation factor
+    CR: float = 0.6  #: DE crossover probability
+    omega: float = 0.6  #: PSO inertia w
+    phip: float = 0.2  #: PSO personal-best weight c1
+    phig: float = 0.9  #: PSO global-best weight c2
+
+    def validate(self, field: str = "search") -> OptimizerOptions:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"{field}.optimizer", f"unknown {self.name!r}; valid: de, pso")
+        p = self.popsize
+        if isinstance(p, bool) or not isinstance(p, int) or p < 1:
+            raise ConfigError(f"{field}.popsize", f"must be an integer >= 1, got {p!r}")
+        if self.name == "de" and p < 4:
+            raise ConfigError(
+                f"{field}.popsize", f"DE/rand/1 needs a population >= 4 (r0, r1, r2 != i), got {p}"
+            )
+        for key, hi in (("F", 2.0), ("CR", 1.0), ("omega", 2.0), ("phip", 4.0), ("phig", 4.0)):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= hi:
+                raise ConfigError(f"{field}.{key}", f"must be a number in [0, {hi}], got {v!r}")
+        return self
+
+
+class PopulationOptimizer:
+    """A Nevergrad DE/PSO over a :class:`SearchSpace`, asked and told a population at a time."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        options: OptimizerOptions | None = None,
+        seed: int = 0,
+        field: str = "search",
+    ) -> None:
+        self.space = space.validate(field)
+        self.options = (options or OptimizerOptions()).validate(field)
+        from raytune_periodic.surrogate import de_rand1
+
+        ng = de_rand1.ng
+        self.popsize = self.options.popsize
+        o = self.options
+        conf: Any
+        if o.name == "de":
+            conf = de_rand1.DERand1Bin(F=o.F, CR=o.CR, popsize=o.popsize)
+        else:
+            conf = ng.families.ConfPSO(popsize=o.popsize, omega=o.omega, phip=o.phip, phig=o.phig)
+        self.optimizer = conf(
+            de_rand1.parametrization(space, seed), budget=None, num_workers=o.popsize
+        )
+        if o.name == "pso":
+            self._suggest_lhs(seed)
+        self._pending: list[Any] = []
+
+    def _suggest_lhs(self, seed: int) -> None:
+        from raytune_periodic.surrogate import de_rand1
+
+        param = de_rand1.parametrization(self.space, seed + 1)
+        lhs = de_rand1.ng.optimizers.LHSSearch(param, budget=self.popsize)
+        points = [lhs.ask().value for _ in range(self.popsize)]
+        for value in reversed(points):  # suggestions are asked last-in first-out
+            self.optimizer.suggest(value)
+
+    @property
+    def pending(self) -> int:
+        """Candidates asked and not yet told."""
+        return len(self._pending)
+
+    def ask_population(self) -> list[HypParaSet]:
+        """The next ``popsize`` candidates (the previous population must have been told)."""
+        if self._pending:
+            raise RuntimeError("tell_population() the previous population before asking again")
+        self._pending = [self.optimizer.ask() for _ in range(self.popsize)]
+        return [self.space.complete(c.value) for c in self._pending]
+
+    def tell_population(self, objectives: Sequence[float]) -> None:
+        """Objectives (larger is better) of the asked population, in the asked order."""
+        if len(objectives) != len(self._pending):
+            raise ValueError(f"expected {len(self._pending)} objectives, got {len(objectives)}")
+        for candidate, obj in zip(self._pending, objectives, strict=True):
+            loss = -float(obj) if math.isfinite(obj) else WORST_LOSS
+            self.optimizer.tell(candidate, loss)
+        self._pending = []
+
+    def recommend(self) -> HypParaSet:
+        return self.space.complete(self.optimizer.provide_recommendation().value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pickled Nevergrad optimizer (RNG included); only between populations."""
+        if self._pending:
+            raise RuntimeError("cannot checkpoint with a population asked but not told")
+        return {"optimizer": pickle.dumps(self.optimizer), "name": self.options.name}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer = pickle.loads(state["optimizer"])
+        self._pending = []
+
+
+__all__ = ["OPTIMIZERS", "WORST_LOSS", "OptimizerOptions", "PopulationOptimizer"]
