@@ -113,6 +113,25 @@ class SearchMethod:
         """Method options logged once as MLflow params of the method run."""
         return {k: v for k, v in self.entry.items()}
 
+    def trainable(self, resources: Mapping[str, float]) -> Any:
+        """The Tune trainable (with its resources) that runs this method's trials.
+
+        ``resources`` is ``tune.resources`` of the config (``cpu``, ``gpu`` per trial). Methods
+        whose trials launch Ray tasks of their own return a placement group factory that
+        reserves those tasks' bundles too.
+        """
+        from ray import tune
+
+        from raytune_periodic.tuning.trainable import PeriodTrainable
+
+        return tune.with_resources(
+            PeriodTrainable, {k: float(v) for k, v in resources.items() if v}
+        )
+
+    def extra_rp(self) -> dict[str, Any]:
+        """Method-specific entries added to every trial's ``config["rp"]``."""
+        return {}
+
 
 METHODS: Registry[type[SearchMethod]] = Registry("search")
 

@@ -52,6 +52,7 @@ def _param_space(cfg: ExperimentConfig, method: SearchMethod, seeds: list[int]) 
         "iteration_periods": cfg.tune["iteration_periods"],
         "threads": max(1, int(cfg.tune["resources"].get("cpu", 1))),
         "seed": seeds[0] if len(seeds) == 1 else tune.grid_search(seeds),
+        **method.extra_rp(),
     }
     space: dict[str, Any] = {"rp": rp}
     if method.search == "controller":
@@ -103,7 +104,6 @@ def run_experiment(
 
     from raytune_periodic.tracking import MlflowStore
     from raytune_periodic.tuning.mlflow_callback import MlflowCallback
-    from raytune_periodic.tuning.trainable import PeriodTrainable
 
     start = time.perf_counter()
     storage = Path(storage_path or cfg.tune["storage_path"] or "runs/ray_results").absolute()
@@ -147,11 +147,10 @@ def run_experiment(
         ray.init(address=target, **init_kwargs)
 
     outcome = RunOutcome(invocation_id, uri, cfg.mlflow_experiment, str(exp_dir))
-    resources = {k: float(v) for k, v in cfg.tune["resources"].items() if v}
-    trainable = tune.with_resources(PeriodTrainable, resources)
     short = invocation_id[:8]
     for mname, entry in cfg.methods.items():
         method = build_method(mname, entry, cfg.trials)
+        trainable = method.trainable(cfg.tune["resources"])
         method_run = store.start_method(
             inv_run, invocation_id, mname, method.search, method.static_params()
         )
