@@ -79,6 +79,28 @@ def _tune_config(cfg: ExperimentConfig, method: SearchMethod, seed: int) -> dict
     return kwargs
 
 
+def _reporter(method: SearchMethod, seeds: list[int]) -> Any:
+    """Tune's progress table: status per trial with the values and the metrics that matter."""
+    from ray.tune import CLIReporter
+
+    params = {"rp/seed": "seed"} if len(seeds) > 1 else {}
+    if method.search == "controller":
+        params["rp/replicate"] = "replicate"
+    space = method.entry.get("space") or method.entry.get("grid") or {}
+    params.update({f"values/{g}": g for g in space})
+    return CLIReporter(
+        metric_columns={
+            "training_iteration": "iter",
+            "objective": "objective",
+            "val_f1": "val F1",
+            "gap": "gap",
+        },
+        parameter_columns=params,
+        max_report_frequency=30,
+        sort_by_metric=False,
+    )
+
+
 def _load_state(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -99,6 +121,8 @@ def run_experiment(
     resume: bool = False,
 ) -> RunOutcome:
     """Run (or resume) every method of ``cfg`` under Ray Tune, logging to MLflow."""
+    # the classic progress table (status per trial) instead of a config box per trial
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     ray = require("ray")
     from ray import tune
 
@@ -189,6 +213,7 @@ def run_experiment(
                         storage_path=str(exp_dir),
                         callbacks=[callback],
                         verbose=cfg.tune["verbose"],
+                        progress_reporter=_reporter(method, seeds),
                         failure_config=tune.FailureConfig(max_failures=cfg.tune["max_failures"]),
                         checkpoint_config=tune.CheckpointConfig(
                             checkpoint_frequency=cfg.tune["checkpoint_every"],

@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -105,6 +106,7 @@ class PeriodTrainable(tune.Trainable):
             else (last.val_f1 if finite else 0.0)
         )
         result["rp_status"] = last.status
+        result["rp_wall"] = time.time()  # end of this step (benchmarks measure gaps between steps)
         # every period of the iteration, as JSON text (Tune loggers skip strings)
         result["rp_records"] = json.dumps([r.metrics() for r in records])
         if self.donor is not None:
