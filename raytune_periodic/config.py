@@ -222,6 +222,13 @@ def validate_config(data: Mapping[str, Any], check_data: bool = True) -> Experim
         if not isinstance(mname, str) or not mname.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(fld, "method names are letters, digits, '-' and '_'")
         _expect(entry, dict, fld, "a mapping")
+        ctrl_spec = entry.get("controller")
+        if isinstance(ctrl_spec, dict) and ctrl_spec.get("agent_checkpoint"):
+            # trials run in their own working directories: anchor a relative path here
+            agent = Path(str(ctrl_spec["agent_checkpoint"])).expanduser()
+            if not agent.exists():
+                raise ConfigError(f"{fld}.controller.agent_checkpoint", f"{agent} does not exist")
+            ctrl_spec["agent_checkpoint"] = str(agent.absolute())
         check_method(mname, entry, trials=trials, periods=periods, bounds=bounds)
         if bounds is not None and "controller" in entry:
             ctrl = build_controller(entry["controller"], field=f"{fld}.controller")

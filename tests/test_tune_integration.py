@@ -41,6 +41,12 @@ CONFIG: dict[str, Any] = {
             "resample_probability": 1.0,
             "synch": True,  # perturb once both reported: an exploit every interval
         },
+        "PB2": {
+            "search": "pb2",
+            "space": {"dropout": [0.0, 0.8]},
+            "perturbation_interval": 2,
+            "quantile_fraction": 0.5,
+        },
         "TPE": {"search": "optuna", "space": {"dropout": [0.0, 0.8]}, "n_startup_trials": 1},
         "RND": {"search": "random", "space": {"dropout": [0.0, 0.8]}},
     },

@@ -61,3 +61,10 @@ __all__ = [
     "build_controller",
     "check_range",
 ]
+
+# The RLlib PPO controller (PDRL/PNIRL): importing it loads neither Ray nor gymnasium; RLlib is
+# imported when the controller is bound to a model.
+from raytune_periodic.rl.controller import PPOController  # noqa: E402
+
+CONTROLLERS.add("ppo", PPOController)
+__all__ += ["PPOController"]

@@ -15,13 +15,14 @@ bit-identically) is skipped. On a driver restart the callback re-attaches to the
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune import Callback
 
 from raytune_periodic.records import STATUS_DIVERGED, STATUS_OK
-from raytune_periodic.tuning.trainable import trial_spec
+from raytune_periodic.tuning.trainable import AGENT_DIR, trial_spec
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -141,8 +142,20 @@ class MlflowCallback(Callback):
         if log.finished:
             return
         final = log.status if status == STATUS_OK else status
+        self._log_agent(trial, log.run_id)
         self.store.finish_trial(log.run_id, log.records, final)
         log.finished = True
+
+    def _log_agent(self, trial: Any, run_id: str) -> None:
+        """A learning controller's exported agent (last checkpoint) becomes an artifact."""
+        checkpoint = getattr(trial, "checkpoint", None)
+        path = getattr(checkpoint, "path", None)
+        if path is None:
+            return
+        agent = os.path.join(path, AGENT_DIR)
+        if os.path.isdir(agent):
+            self.store.flush(strict=False)
+            self.store.client.log_artifacts(run_id, agent, AGENT_DIR)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, STATUS_OK)

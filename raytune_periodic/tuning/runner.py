@@ -217,6 +217,7 @@ def run_experiment(
                         failure_config=tune.FailureConfig(max_failures=cfg.tune["max_failures"]),
                         checkpoint_config=tune.CheckpointConfig(
                             checkpoint_frequency=cfg.tune["checkpoint_every"],
+                            checkpoint_at_end=True,
                             num_to_keep=None if pbt_like else 2,
                         ),
                     ),

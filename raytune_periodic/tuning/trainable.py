@@ -25,6 +25,10 @@ from raytune_periodic.records import STATUS_OK
 from raytune_periodic.training import PeriodEngine, build_engine
 
 CHECKPOINT_FILE = "engine.pt"
+AGENT_DIR = "agent"  #: a learning controller's exported agent, next to the engine state
+#: test hook: "PERIOD:MARKER" kills the first trial worker that starts period PERIOD (once per
+#: marker file) so fault-tolerance tests exercise Tune's restore from the last checkpoint
+FAULT_ENV = "RAYTUNE_PERIODIC_INJECT_FAULT"
 
 
 def trial_spec(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,7 +95,23 @@ class PeriodTrainable(tune.Trainable):
         if values:
             self.engine.controller.values = {k: float(v) for k, v in values.items()}
 
+    def _maybe_inject_fault(self) -> None:
+        spec = os.environ.get(FAULT_ENV)
+        if not spec:
+            return
+        period, _, marker = spec.partition(":")
+        if self.engine.period != int(period):
+            return
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, str(self.trial_id).encode())
+        os.close(fd)
+        os._exit(1)  # the worker process dies as if killed
+
     def step(self) -> dict[str, Any]:
+        self._maybe_inject_fault()
         records = self.engine.run(self.iteration_periods)
         for rec in records:
             if rec.full_val_f1 is not None:
@@ -123,6 +143,9 @@ class PeriodTrainable(tune.Trainable):
         state["rp_trial_id"] = self.trial_id
         state["rp_full_val_last"] = self.full_val_last
         torch.save(state, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+        export = getattr(self.engine.controller, "export_agent", None)
+        if export is not None:  # e.g. PPO: the agent on its own, loadable for inference
+            export(os.path.join(checkpoint_dir, AGENT_DIR))
 
     def load_checkpoint(self, checkpoint: str | dict | None) -> None:
         assert isinstance(checkpoint, str)
