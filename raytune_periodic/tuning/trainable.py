@@ -89,6 +89,11 @@ class PeriodTrainable(tune.Trainable):
         self.iteration_periods = int(config["rp"].get("iteration_periods", 1))
         self.full_val_last: float | None = None
         self.donor: tuple[str, int] | None = None
+        # metrics of every period of this engine's lineage; saved with each checkpoint and
+        # re-sent after a restore from an own checkpoint, so periods whose MLflow logging was
+        # lost with a killed driver are delivered (the callback skips steps it already has)
+        self.history: list[dict[str, float]] = []
+        self.replay: list[dict[str, float]] = []
 
     def _apply_values(self, config: Mapping[str, Any]) -> None:
         values = config.get("values")
@@ -116,8 +121,10 @@ class PeriodTrainable(tune.Trainable):
         for rec in records:
             if rec.full_val_f1 is not None:
                 self.full_val_last = rec.full_val_f1
+        metrics = [r.metrics() for r in records]
+        self.history.extend(metrics)
         last = records[-1]
-        result: dict[str, Any] = dict(last.metrics())
+        result: dict[str, Any] = dict(metrics[-1])
         finite = math.isfinite(last.val_f1)
         result["full_val_f1_last"] = self.full_val_last if self.full_val_last is not None else 0.0
         result["objective"] = (
@@ -128,7 +135,8 @@ class PeriodTrainable(tune.Trainable):
         result["rp_status"] = last.status
         result["rp_wall"] = time.time()  # end of this step (benchmarks measure gaps between steps)
         # every period of the iteration, as JSON text (Tune loggers skip strings)
-        result["rp_records"] = json.dumps([r.metrics() for r in records])
+        result["rp_records"] = json.dumps(self.replay + metrics)
+        self.replay = []
         if self.donor is not None:
             result["rp_donor_trial"], result["rp_donor_period"] = self.donor
             self.donor = None
@@ -142,6 +150,7 @@ class PeriodTrainable(tune.Trainable):
         state = self.engine.state_dict()
         state["rp_trial_id"] = self.trial_id
         state["rp_full_val_last"] = self.full_val_last
+        state["rp_history"] = self.history
         torch.save(state, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
         export = getattr(self.engine.controller, "export_agent", None)
         if export is not None:  # e.g. PPO: the agent on its own, loadable for inference
@@ -156,9 +165,13 @@ class PeriodTrainable(tune.Trainable):
         )
         self.engine.load_state_dict(state)
         self.full_val_last = state.get("rp_full_val_last")
+        self.history = list(state.get("rp_history", []))
         owner = state.get("rp_trial_id")
         if owner is not None and owner != self.trial_id:
             self.donor = (str(owner), int(state["period"]) - 1)
+            self.replay = []
+        else:
+            self.replay = list(self.history)
         self._apply_values(self.config)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
