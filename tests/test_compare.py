@@ -117,6 +117,8 @@ def test_method_table_values(table: pd.DataFrame) -> None:
     assert bl["best_val_f1"] == pytest.approx(0.80)
     assert (bl["val_f1_mean"], bl["val_f1_std"]) == pytest.approx((0.75, 0.10 / s2))
     assert (bl["test_f1_mean"], bl["test_f1_std"]) == pytest.approx((0.72, 0.12 / s2))
+    # the last epoch end's test F1 (+0.01 over the best epoch's in the synthetic history)
+    assert bl["final_test_f1_mean"] == pytest.approx(0.73)
     assert (bl["gap_mean"], bl["gap_std"]) == pytest.approx((0.15, 0.10 / s2))
     assert (bl["trial_seconds"], bl["passes"]) == pytest.approx((4.0, 80.0))
     # per seed, the best-validation trial: BL keeps both (one per seed)
@@ -142,10 +144,10 @@ def test_render_markdown_and_csv(table: pd.DataFrame) -> None:
     assert len(lines) == 4
     assert lines[0].startswith("| method | search | trials |")
     assert lines[2] == (
-        "| BL | grid | 2 | 1 | 0 | 2 | 0.750 ± 0.071 | 0.720 ± 0.085 | 0.800 | 0.750 ± 0.071 "
-        "| 0.720 ± 0.085 | 0.150 ± 0.071 | 4.0 | 80 |"
+        "| BL | grid | 2 | 1 | 0 | 2 | 0.750 ± 0.071 | 0.720 ± 0.085 | 0.720 ± 0.085 "
+        "| 0.730 ± 0.085 | 0.150 ± 0.071 | 4.0 | 80 |"
     )
-    assert "| PD | controller | 3 | 0 | 1 | 1 | 0.900 | 0.850 | 0.900 | 0.870 ± 0.042 |" in lines[3]
+    assert "| PD | controller | 3 | 0 | 1 | 1 | 0.900 | 0.850 | 0.830 ± 0.028 |" in lines[3]
     back = pd.read_csv(io.StringIO(render_table(df, "csv")))
     assert list(back.columns) == list(df.columns)
     assert back["val_f1_mean"].tolist() == pytest.approx([0.75, 0.87])
@@ -159,9 +161,10 @@ def test_single_trial_has_no_std() -> None:
                         "sel_val_f1_std": math.nan, "sel_test_f1_mean": math.nan,
                         "sel_test_f1_std": math.nan, "best_val_f1": 0.5, "val_f1_mean": 0.5,
                         "val_f1_std": math.nan, "test_f1_mean": math.nan,
-                        "test_f1_std": math.nan, "gap_mean": 0.1, "gap_std": math.nan,
+                        "test_f1_std": math.nan, "final_test_f1_mean": math.nan,
+                        "final_test_f1_std": math.nan, "gap_mean": 0.1, "gap_std": math.nan,
                         "trial_seconds": 1.0, "passes": 10.0}])  # fmt: skip
-    row = "| A | grid | 1 | 0 | 0 | 1 | 0.500 | – | 0.500 | 0.500 | – | 0.100 | 1.0 | 10 |"
+    row = "| A | grid | 1 | 0 | 0 | 1 | 0.500 | – | – | – | 0.100 | 1.0 | 10 |"
     assert row in render_table(df)
 
 

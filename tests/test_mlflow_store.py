@@ -199,6 +199,7 @@ def test_finish_trial_summary_and_schedule(store: MlflowStore) -> None:
         "best_val_f1": 0.70,
         "test_f1_at_best": 0.68,
         "final_val_f1": 0.66,
+        "final_test_f1": 0.69,  # the last epoch end's, not the best one's
         "final_gap": recs[5]["gap"],
         "trial_seconds": 1.5,
         "total_passes": 120.0,  # 4 periods of 20 + 180 / 9 + (200 - 180)

@@ -40,6 +40,7 @@ SUMMARY_KEYS = (
     "test_f1_at_best",
     "final_gap",
     "final_val_f1",
+    "final_test_f1",
     "trial_seconds",
     "total_passes",
     "n_periods",
@@ -100,6 +101,7 @@ def summarize(records: Sequence[Mapping[str, float]], n_exploits: int = 0) -> di
     ``best_val_f1``: max ``full_val_f1`` over epoch ends (max ``val_f1`` when no epoch ended);
     ``test_f1_at_best``: ``test_f1`` at the first epoch end reaching that best;
     ``final_val_f1``: the last epoch end's ``full_val_f1`` (else the last ``val_f1``);
+    ``final_test_f1``: the last epoch end's ``test_f1`` (no early stopping: shows overfitting);
     ``final_gap``: the last step's ``gap``; ``trial_seconds``: sum of ``period_seconds``;
     ``total_passes``: the passes this trial ran (see ``own_passes``); ``n_periods``: steps.
     Non-finite values are ignored; a metric that cannot be computed is left out.
@@ -111,6 +113,8 @@ def summarize(records: Sequence[Mapping[str, float]], n_exploits: int = 0) -> di
         best = max(ends, key=lambda r: r["full_val_f1"])
         out["best_val_f1"] = best["full_val_f1"]
         out["final_val_f1"] = ends[-1]["full_val_f1"]
+        if is_finite(ends[-1].get("test_f1")):
+            out["final_test_f1"] = ends[-1]["test_f1"]
         if is_finite(best.get("test_f1")):
             out["test_f1_at_best"] = best["test_f1"]
     else:
