@@ -157,7 +157,9 @@ def test_unknown_dataset_and_option_list_valid_names():
 
 
 def test_dataset_options():
-    assert set(DATASETS.names()) == {"cifar10", "cifar100", "digits", "fer2013", "iris"}
+    assert set(DATASETS.names()) == {
+        *("cifar10", "cifar100", "digits", "fer2013", "iris", "affectnet", "tiny_imagenet")
+    }
     for name in DATASETS.names():
         opts = dataset_options(name)
         assert {"seed", "val_fraction", "train_size", "label_noise"} <= set(opts)

@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from torch import nn
 
 from raytune_periodic.errors import ConfigError
+from raytune_periodic.models.iris_mlp import IrisMLP, build_iris_mlp
 from raytune_periodic.models.lenet import LeNet, build_lenet
 from raytune_periodic.models.mlp import MLP, build_mlp
+from raytune_periodic.models.mresnet import MResNet, build_mresnet
 from raytune_periodic.models.resnet import build_resnet18, build_resnet34
+from raytune_periodic.models.resnet20 import ResNet20, build_resnet20
+from raytune_periodic.models.tiny_cnn import TinyImageNetCNN, build_tiny_cnn
 from raytune_periodic.registry import Registry
 
 
@@ -36,6 +40,10 @@ MODELS.add("mlp", ModelEntry(build_mlp, False, 1, "MLP over flattened input (hid
 MODELS.add("lenet", ModelEntry(build_lenet, True, 8, "LeNet-5-style CNN, images H, W >= 8"))
 MODELS.add("resnet18", ModelEntry(build_resnet18, True, 8, "torchvision ResNet-18, adapted stem"))
 MODELS.add("resnet34", ModelEntry(build_resnet34, True, 8, "torchvision ResNet-34, adapted stem"))
+MODELS.add("resnet20", ModelEntry(build_resnet20, True, 4, "CIFAR ResNet20, 16-32-64 filters"))
+MODELS.add("mresnet", ModelEntry(build_mresnet, True, 8, "surrogate paper's M-ResNet (CoPr/ResBl)"))
+MODELS.add("tiny_cnn", ModelEntry(build_tiny_cnn, True, 8, "Tiny-ImageNet paper's custom CNN, LRN"))
+MODELS.add("iris_mlp", ModelEntry(build_iris_mlp, False, 1, "iris survey's MLP 64-32 (batchnorm)"))
 
 _POSITIONAL = ("input_shape", "num_classes")
 
@@ -101,7 +109,11 @@ def classifier_name(model: nn.Module) -> str:
 __all__ = [
     "MLP",
     "MODELS",
+    "IrisMLP",
     "LeNet",
+    "MResNet",
+    "ResNet20",
+    "TinyImageNetCNN",
     "ModelEntry",
     "build_model",
     "classifier_name",

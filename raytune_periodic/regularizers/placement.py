@@ -7,7 +7,12 @@ A placement says *what* (``kind``), *where* and under which *name* the controlle
 - ``after_bn``: after every BatchNorm layer;
 - ``block_bn``: after the first BatchNorm of each residual block only (one BN+ReLU unit per block);
 - ``before_relu``: before every ReLU module (torchvision's BasicBlock reuses one ReLU module twice,
-  so the regularizer acts at both of its call sites).
+  so the regularizer acts at both of its call sites);
+- ``model``: not inserted into a layer — model-level kinds (``ModelRegularizer``: penalties,
+  max-norm, EWA, augmentation) act through engine hooks; only they may use it, and only it.
+
+``options`` (a mapping) are extra keyword arguments of the kind's constructor (e.g. ``w0`` of the
+adaptive penalty).
 
 The target module is replaced by ``nn.Sequential(target, reg)`` (after) or
 ``nn.Sequential(reg, target)`` (before); state-dict keys of wrapped layers gain a ``.0``/``.1``
@@ -16,24 +21,43 @@ index, consistently for every run built from the same placements.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.registry import Registry
 from raytune_periodic.regularizers._base import PeriodicRegularizer
+from raytune_periodic.regularizers.augment import Augment
+from raytune_periodic.regularizers.cliff_relu import AutoReLU, CliffReLU
 from raytune_periodic.regularizers.dropout import PeriodicDropout
+from raytune_periodic.regularizers.model_level import ModelRegularizer, WeightEWA
 from raytune_periodic.regularizers.noise import GaussianNoise
+from raytune_periodic.regularizers.penalties import (
+    AdaptivePenalty,
+    L1Penalty,
+    L2Penalty,
+    MaxNorm,
+)
 from raytune_periodic.regularizers.sign_flip import SignFlip
 
 REGULARIZERS: Registry[type[PeriodicRegularizer]] = Registry("regularizer")
 REGULARIZERS.add("dropout", PeriodicDropout)
 REGULARIZERS.add("gaussian_noise", GaussianNoise)
 REGULARIZERS.add("sign_flip", SignFlip)
+REGULARIZERS.add("cliff_relu", CliffReLU)
+REGULARIZERS.add("auto_relu", AutoReLU)
+REGULARIZERS.add("ewa", WeightEWA)
+REGULARIZERS.add("l1", L1Penalty)
+REGULARIZERS.add("l2", L2Penalty)
+REGULARIZERS.add("adaptive_penalty", AdaptivePenalty)
+REGULARIZERS.add("max_norm", MaxNorm)
+REGULARIZERS.add("augment", Augment)
 
-WHERE = ("head", "before_linear", "after_bn", "block_bn", "before_relu")
+WHERE = ("head", "before_linear", "after_bn", "block_bn", "before_relu", "model")
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -50,6 +74,7 @@ class Placement:
     name: str | None = None
     value: float = 0.0
     per_layer: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def group(self) -> str:
@@ -122,6 +147,24 @@ class RegularizerSet:
         for mods in self.groups.values():
             yield from mods
 
+    def model_level(self) -> list[ModelRegularizer]:
+        """The model-level regularizers (engine hooks), in placement order."""
+        return [m for m in self if isinstance(m, ModelRegularizer)]
+
+
+def _construct(cls: type[PeriodicRegularizer], pl: Placement, field: str) -> PeriodicRegularizer:
+    if not isinstance(pl.options, Mapping):
+        raise ConfigError(f"{field}.options", f"expected a mapping, got {pl.options!r}")
+    params = inspect.signature(cls.__init__).parameters
+    valid = [k for k in params if k not in ("self", "value")]
+    for key in pl.options:
+        if key not in valid:
+            raise ConfigError(
+                f"{field}.options.{key}",
+                f"unknown option for {pl.kind!r}; valid: {', '.join(valid) or '(none)'}",
+            )
+    return cls(pl.value, **pl.options)
+
 
 def insert_regularizers(
     model: nn.Module, placements: Sequence[Placement], field: str = "regularizers"
@@ -135,11 +178,20 @@ def insert_regularizers(
     for i, pl in enumerate(placements):
         cls = REGULARIZERS.get(pl.kind, field=f"{field}[{i}].kind")
         cls.check(pl.value, f"{field}[{i}].value")
-        resolved.append((pl, cls, _targets(model, pl.where, f"{field}[{i}]")))
+        _construct(cls, pl, f"{field}[{i}]")  # validates options before the model is touched
+        model_level = issubclass(cls, ModelRegularizer)
+        if model_level != (pl.where == "model"):
+            need = "'model'" if model_level else f"a layer placement ({', '.join(WHERE[:-1])})"
+            raise ConfigError(f"{field}[{i}].where", f"{pl.kind!r} needs where {need}")
+        targets = [""] if model_level else _targets(model, pl.where, f"{field}[{i}]")
+        resolved.append((i, pl, cls, targets))
     groups: dict[str, list[PeriodicRegularizer]] = {}
-    for pl, cls, targets in resolved:
+    for i, pl, cls, targets in resolved:
         for j, target in enumerate(targets):
-            reg = cls(pl.value)
+            reg = _construct(cls, pl, f"{field}[{i}]")
+            if not target:  # model-level: not inserted into the model
+                groups.setdefault(pl.group, []).append(reg)
+                continue
             layer = model.get_submodule(target)
             after = pl.where in ("after_bn", "block_bn")
             _replace(

@@ -3,7 +3,9 @@
 Per period: the controller decides values → they are set in place on the regularizer modules →
 N forward/backward passes (Adam, weight decay 1e-4 by default) accumulating train loss and
 macro-F1 on the device → a few random validation mini-batches → the controller observes the
-record. When an epoch ends, the full validation and test sets are evaluated (independent of the
+record. Model-level regularizers (``where: model``: penalties, max-norm, weight EWA, batch
+augmentation) are called as hooks around those passes (see ``regularizers/model_level.py``). When an
+epoch ends, the full validation and test sets are evaluated (independent of the
 controller). ``state_dict``/``load_state_dict`` capture everything (model, optimizer, controller,
 data order, RNG states, period index): a run restored at period k continues bit-for-bit on CPU.
 """
@@ -118,6 +120,12 @@ class PeriodEngine:
         self.controller = controller
         self.controller.bind(regularizers.bounds())
         self.loss_terms = list(loss_terms)
+        #: model-level regularizers (``where: model``): hooks around the training passes
+        self.hooks = regularizers.model_level()
+        for hook in self.hooks:
+            hook.setup(self.model, data.info)
+            if hook.has_penalty:
+                self.loss_terms.append(hook.penalty)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay
         )
@@ -137,12 +145,16 @@ class PeriodEngine:
         self.last: PeriodRecord | None = None
 
     # ----------------------------------------------------------------- one period
-    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_loss(
+        self, x: torch.Tensor, y: torch.Tensor, train: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and loss; penalty terms join the loss only for training passes."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.options.amp):
             logits = self.model(x)
             loss = F.cross_entropy(logits, y)
-            for term in self.loss_terms:
-                loss = loss + term(self.model)
+            if train:
+                for term in self.loss_terms:
+                    loss = loss + term(self.model)
         return logits, loss
 
     def step_period(self) -> PeriodRecord:
@@ -160,6 +172,8 @@ class PeriodEngine:
         values = self.controller.decide(state)
         self.regularizers.set_values(values)
         in_force = self.regularizers.values()
+        for hook in self.hooks:
+            hook.period_start(self.model)
 
         c = self.num_classes
         conf = torch.zeros(c * c, dtype=torch.long, device=self.device)
@@ -168,11 +182,15 @@ class PeriodEngine:
         self.model.train()
         for _ in range(opts.period_length):
             x, y = self.train_batches.next()
-            logits, loss = self._forward_loss(x, y)
+            for hook in self.hooks:
+                x = hook.transform(x)
+            logits, loss = self._forward_loss(x, y, train=True)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            for hook in self.hooks:
+                hook.after_step(self.model)
             loss_sum += loss.detach().float()
             confusion_update(conf, y, logits.detach().argmax(1))
             self.passes += 1
@@ -180,6 +198,8 @@ class PeriodEngine:
                 epoch_eval = self._epoch_evaluation()
                 self.model.train()
 
+        for hook in self.hooks:
+            hook.period_end(self.model)
         train_loss = float(loss_sum) / opts.period_length
         if not math.isfinite(train_loss):
             self.status = STATUS_DIVERGED

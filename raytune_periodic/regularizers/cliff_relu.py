@@ -1,0 +1,82 @@
+"""CliffReLU and AutoReLU: the dynamic noise injection of the noise-injection paper (§3.2).
+
+**CliffReLU** (eq. 1): ``y = x`` for ``0 < x < Constant`` and ``y = 0`` for ``x ≤ 0`` or
+``x ≥ Constant`` (a ReLU that "drops the value over Constant into zero"). ``value`` is the
+Constant; 0 (the default of a placement) and ``inf`` mean *no cliff* (a plain ReLU), following this
+package's convention that value 0 switches a regularizer off.
+
+**AutoReLU** (eq. 2): ``y = CliffReLU(x·w) / |w|`` with a learnable ``w`` initialised in (0, 1).
+With ``w > 0`` it is a CliffReLU with the cliff at ``Constant / w`` (no noise); with ``w < 0`` it
+is ``ReLU(−x)`` (cliffed), i.e. exactly the sign flip after BatchNorm of Algorithm 1 followed by
+the ReLU — the noise. Before every training forward step all ``w`` are re-initialised to their
+mean (Step 2), so every unit of a layer switches sign together. The loss gives ``w`` no gradient
+(``x·w/|w| = x·sign(w)``, which is how it is computed); ``w`` moves only by the optimizer's weight
+decay, which drives it to 0 and across: "all w converge to a value close to 0", then flip
+(Steps 1–3).
+Because the mean re-initialisation makes all ``w`` equal, one scalar ``w`` per module is used.
+
+Both are placed ``before_relu`` (or ``block_bn``, after the first BN of each residual block, the
+paper's "single BN+ReLU unit per block"): their output is ≥ 0, so the ReLU that follows is a
+no-op. Both act in train and eval mode (they are activations, not train-time noise).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from raytune_periodic.errors import ConfigError
+from raytune_periodic.regularizers._base import PeriodicRegularizer
+
+
+def cliff_relu(x: torch.Tensor, constant: float) -> torch.Tensor:
+    """``x`` where ``0 < x < constant``, else 0; ``constant`` 0 or inf: a plain ReLU."""
+    if constant == 0.0 or math.isinf(constant):
+        return torch.relu(x)
+    keep = (x > 0) & (x < constant)
+    return torch.where(keep, x, torch.zeros_like(x))
+
+
+class CliffReLU(PeriodicRegularizer):
+    """ReLU with a cliff: zero at and above ``value`` (the paper's Constant)."""
+
+    kind = "cliff_relu"
+    low = 0.0
+    high = math.inf
+    value_name = "constant"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cliff_relu(x, self.value)
+
+
+class AutoReLU(PeriodicRegularizer):
+    """``CliffReLU(x·w)/|w|`` with a learnable scalar ``w`` re-set to its mean before each step."""
+
+    kind = "auto_relu"
+    low = 0.0
+    high = math.inf
+    value_name = "constant"
+
+    def __init__(self, value: float = 0.0, init: float = 0.5) -> None:
+        super().__init__(value)
+        if isinstance(init, bool) or not isinstance(init, int | float) or not 0 < init < 1:
+            raise ConfigError(
+                "auto_relu.options.init", f"expected a number in (0, 1), got {init!r}"
+            )
+        self.w = nn.Parameter(torch.full((1,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.w.to(x.dtype)
+        xw = x * w
+        keep = xw > 0
+        if self.value != 0.0 and not math.isinf(self.value):
+            keep = keep & (xw < self.value)
+        # CliffReLU(x·w)/|w| == x·sign(w) where kept: no division, and w's gradient is exactly 0
+        return torch.where(keep, x * torch.sign(w), torch.zeros_like(x))
+
+    @property
+    def noisy(self) -> bool:
+        """Whether the module currently injects noise (``w < 0``)."""
+        return bool(self.w.detach().mean() < 0)
