@@ -229,10 +229,24 @@ def validate_config(data: Mapping[str, Any], check_data: bool = True) -> Experim
             if not agent.exists():
                 raise ConfigError(f"{fld}.controller.agent_checkpoint", f"{agent} does not exist")
             ctrl_spec["agent_checkpoint"] = str(agent.absolute())
-        check_method(mname, entry, trials=trials, periods=periods, bounds=bounds)
-        if bounds is not None and "controller" in entry:
+        method_bounds = bounds
+        if "base" in entry:  # the method trains a variant of base (e.g. another model option)
+            _expect(entry["base"], dict, f"{fld}.base", "a mapping (a partial run spec)")
+            merged = method_base(base, entry)
+            try:
+                mspec = parse_run_spec({**merged, "controller": {"type": "constant"}})
+            except ConfigError as exc:
+                raise ConfigError(f"{fld}.base.{exc.field}", exc.message) from None
+            if check_data:
+                try:
+                    method_bounds = _check_data_and_model(merged, mspec)
+                except ConfigError as exc:
+                    raise ConfigError(f"{fld}.{exc.field}", exc.message) from None
+        check_method(mname, entry, trials=trials, periods=periods, bounds=method_bounds)
+        bounds_here = method_bounds
+        if bounds_here is not None and "controller" in entry:
             ctrl = build_controller(entry["controller"], field=f"{fld}.controller")
-            ctrl.bind(bounds, field=f"{fld}.controller")
+            ctrl.bind(bounds_here, field=f"{fld}.controller")
             ctrl.close()
 
     resolved = {
@@ -257,6 +271,35 @@ def validate_config(data: Mapping[str, Any], check_data: bool = True) -> Experim
         mlflow=mlflow,
         raw=resolved,
     )
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``: mappings merge by key, anything else replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def method_base(base: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The run spec a method's trials start from: ``base`` with the method's ``base`` merged in.
+
+    Lists (``regularizers``) are replaced whole; a string ``model``/``dataset`` is a name.
+    """
+    over = dict(entry.get("base") or {})
+    for key in ("model", "dataset"):
+        if isinstance(over.get(key), str):
+            over[key] = {"name": over[key]}
+    merged_base = dict(base)
+    for key in ("model", "dataset"):
+        if isinstance(merged_base.get(key), str):
+            merged_base[key] = {"name": merged_base[key]}
+    if isinstance(over.get("model"), Mapping) and "name" in over["model"]:
+        merged_base["model"] = {}  # another model: its options start fresh
+    return deep_merge(merged_base, over)
 
 
 def _check_data_and_model(base: dict[str, Any], spec: Any) -> dict[str, tuple[float, float]]:

@@ -149,6 +149,21 @@ BROKEN = [
     ),
     ("unknown metric", _set("tune", {"metric": "accuracy"}), "tune.metric"),
     ("unknown mlflow key", _set("mlflow", {"uri": "x"}), "mlflow.uri"),
+    (
+        "method base: unknown model",
+        _set("methods.BL.base", {"model": {"name": "vgg"}}),
+        "methods.BL.base.model.name",
+    ),
+    (
+        "method base: bad regularizer value",
+        _set("methods.BL.base", {"regularizers": [{"kind": "dropout", "value": 2}]}),
+        "methods.BL.base.regularizers[0].value",
+    ),
+    (
+        "method base: controller group missing in variant",
+        _set("methods.BL.base", {"regularizers": []}),
+        "methods.BL.controller.dropout",
+    ),
 ]
 
 
@@ -166,6 +181,27 @@ def test_broken_configs_fail_with_one_line_naming_the_field(
         validate_config(cfg)
     assert err.value.field == field, f"{case}: {err.value}"
     assert "\n" not in str(err.value)
+
+
+def test_method_base_trains_a_variant_of_base() -> None:
+    from raytune_periodic.config import method_base
+
+    cfg = copy.deepcopy(GOOD)
+    cfg["methods"]["BN"] = {
+        "base": {"model": {"name": "mlp", "batchnorm": True}},
+        "controller": {"type": "constant"},
+    }
+    cfg["methods"]["L2"] = {
+        "base": {"regularizers": [{"kind": "l2", "where": "model", "value": 0.001}]},
+        "controller": {"type": "constant"},
+    }
+    validated = validate_config(cfg)
+    bn = method_base(validated.base, validated.methods["BN"])
+    assert bn["model"] == {"name": "mlp", "batchnorm": True}  # another model: fresh options
+    assert bn["dataset"] == GOOD["base"]["dataset"] and bn["train"] == GOOD["base"]["train"]
+    l2 = method_base(validated.base, validated.methods["L2"])
+    assert l2["regularizers"] == [{"kind": "l2", "where": "model", "value": 0.001}]  # replaced
+    assert l2["model"] == GOOD["base"]["model"]
 
 
 def test_overrides_parse_yaml_values() -> None:

@@ -91,8 +91,8 @@ class SearchMethod:
     ) -> None:
         fld = f"methods.{name}"
         for key in entry:
-            if key not in cls.keys | {"search"}:
-                valid = ", ".join(sorted(cls.keys | {"search"}))
+            if key not in cls.keys | {"search", "base"}:
+                valid = ", ".join(sorted(cls.keys | {"search", "base"}))
                 raise ConfigError(
                     f"{fld}.{key}", f"unknown key for search {cls.search}; valid: {valid}"
                 )
@@ -346,6 +346,7 @@ class PB2Method(PBTMethod):
             time_attr="training_iteration",  # metric/mode come from TuneConfig
             perturbation_interval=int(self.entry.get("perturbation_interval", 5)),
             hyperparam_bounds={"values": bounds},
+            synch=bool(self.entry.get("synch", True)),
             quantile_fraction=float(self.entry.get("quantile_fraction", 0.25)),
         )
 
@@ -377,3 +378,6 @@ def build_method(name: str, entry: Mapping[str, Any], trials: int) -> SearchMeth
     return METHODS.get(method_search(name, entry), field=f"methods.{name}.search")(
         name, entry, trials
     )
+
+
+from raytune_periodic.tuning import surrogate_method as _surrogate_method  # noqa: E402,F401  (registers surrogate searches)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from raytune_periodic._imports import require
-from raytune_periodic.config import ExperimentConfig
+from raytune_periodic.config import ExperimentConfig, method_base
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.tuning.methods import SearchMethod, build_method
 
@@ -41,7 +41,7 @@ class RunOutcome:
 def _param_space(cfg: ExperimentConfig, method: SearchMethod, seeds: list[int]) -> dict[str, Any]:
     from ray import tune
 
-    spec = {k: v for k, v in cfg.base.items()}
+    spec = method_base(cfg.base, method.entry)
     spec["controller"] = method.controller()
     rp: dict[str, Any] = {
         "experiment": cfg.name,
