@@ -15,6 +15,7 @@ _EXTRA_OF = {
     "pandas": "tune",
     "matplotlib": "tune",
     "gymnasium": "rllib",
+    "pytorch_grad_cam": "tune",
 }
 
 

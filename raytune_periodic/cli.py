@@ -1,4 +1,5 @@
-"""``raytune-periodic`` command line: run, compare, validate, list, train.
+"""``raytune-periodic`` command line: run, compare, validate, list, train, mlflow-sync, gradcam,
+replay.
 
 Bad input is one line on stderr and exit code 2, before Ray starts.
 """
@@ -44,11 +45,47 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--format", choices=["md", "csv"], default="md")
     cmp_.add_argument("--invocation", help="invocation id (default: the latest)")
 
+    cam = sub.add_parser(
+        "gradcam", help="Grad-CAM figure: a row per image, a column per run/method"
+    )
+    cam.add_argument("runs", nargs="*", metavar="RUN_ID", help="trial run ids (one column each)")
+    cam.add_argument("--experiment", help="instead of run ids: the best trial of each method")
+    cam.add_argument("--invocation", help="invocation id with --experiment (default: the latest)")
+    cam.add_argument(
+        "--images",
+        nargs="+",
+        default=["0", "1", "2", "3"],
+        metavar="INDEX|FILE",
+        help="test-split indices of the first run's dataset, or image files (default: 0 1 2 3)",
+    )
+    cam.add_argument("--out", default="gradcam.png", help="PNG path (default: ./gradcam.png)")
+    cam.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+
+    rep = sub.add_parser(
+        "replay", help="export a trial's per-period schedule from MLflow and replay it"
+    )
+    rep.add_argument("run_id", help="the trial run whose value/<group> schedule to replay")
+    rep.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    rep.add_argument(
+        "--export", metavar="FILE", help="write the method entry (YAML) to FILE, not stdout"
+    )
+    rep.add_argument("--run", action="store_true", help="replay it now with the bare engine")
+    rep.add_argument("--seed", type=int, help="with --run: train.seed of the replay")
+    rep.add_argument(
+        "--model", help="with --run: another registered model (YAML: lenet, {name: mlp})"
+    )
+
     val = sub.add_parser("validate", help="validate an experiment config without running it")
     val.add_argument("config")
     val.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
 
     sub.add_parser("list", help="registered models, datasets, regularizers, controllers, methods")
+
+    sync = sub.add_parser(
+        "mlflow-sync", help="deliver MLflow writes spooled while the tracking server was down"
+    )
+    sync.add_argument("--spool", help="spool directory (default: $RP_MLFLOW_SPOOL or ~/.cache/...)")
+    sync.add_argument("--mlflow-uri", help="deliver to this URI instead of the spooled one")
 
     train = sub.add_parser("train", help="train one run spec with the bare engine (no Ray)")
     train.add_argument("--dataset", default="digits")
@@ -102,6 +139,54 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gradcam(args: argparse.Namespace) -> int:
+    from raytune_periodic.report.gradcam import best_runs, gradcam_figure
+
+    if bool(args.runs) == bool(args.experiment):
+        raise ConfigError("gradcam", "give run ids or --experiment (not both)")
+    runs = (
+        best_runs(args.experiment, args.mlflow_uri, args.invocation)
+        if args.experiment
+        else list(args.runs)
+    )
+    path = gradcam_figure(runs, args.out, images=args.images, tracking_uri=args.mlflow_uri)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import yaml
+
+    from raytune_periodic.report.replay import (
+        client_for,
+        export_schedule,
+        get_trial_run,
+        replay,
+        replay_config,
+        trial_run_spec,
+    )
+
+    schedule = export_schedule(args.run_id, args.mlflow_uri)
+    if not args.run:
+        text = yaml.safe_dump(replay_config(schedule), sort_keys=False)
+        if args.export:
+            with open(args.export, "w") as fh:
+                fh.write(text)
+            print(f"wrote {args.export} ({len(schedule)} periods)")
+        else:
+            print(text, end="")
+        return 0
+    client = client_for(args.mlflow_uri)
+    spec = trial_run_spec(client, get_trial_run(client, args.run_id))
+    if args.model:
+        model = yaml.safe_load(args.model)
+        spec["model"] = model if isinstance(model, dict) else {"name": str(model)}
+    for rec in replay(spec, schedule, seed=args.seed):
+        values = " ".join(f"{k}={v:.6g}" for k, v in rec.values.items())
+        print(f"period {rec.period:4d}  val_f1={rec.val_f1:.4f}  {values}")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from raytune_periodic.config import load_config
 
@@ -132,6 +217,26 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for name, items in rows:
         print(f"{name + ':':14s}{', '.join(items)}")
     return 0
+
+
+def _cmd_mlflow_sync(args: argparse.Namespace) -> int:
+    from raytune_periodic.tracking import MlflowStore
+    from raytune_periodic.tracking.spool import Spool
+
+    files = Spool.files(args.spool)
+    left = 0
+    for path in files:
+        head = Spool.header(path)
+        uri = args.mlflow_uri or head["tracking_uri"]
+        store = MlflowStore(uri, head["experiment"], synchronous=True, spool_dir=args.spool)
+        store.spool = Spool(path, uri, head["experiment"])
+        before = store.spool.pending()
+        remaining = store.sync()
+        left += remaining
+        print(f"{head['experiment']} -> {uri}: delivered {before - remaining}, left {remaining}")
+    if not files:
+        print("nothing spooled")
+    return 1 if left else 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -173,6 +278,9 @@ COMMANDS = {
     "validate": _cmd_validate,
     "list": _cmd_list,
     "train": _cmd_train,
+    "gradcam": _cmd_gradcam,
+    "replay": _cmd_replay,
+    "mlflow-sync": _cmd_mlflow_sync,
 }
 
 

@@ -142,6 +142,9 @@ class MlflowCallback(Callback):
         if log.finished:
             return
         final = log.status if status == STATUS_OK else status
+        checkpoint = getattr(getattr(trial, "checkpoint", None), "path", None)
+        if checkpoint is not None:  # where reports (Grad-CAM, replay) find the weights
+            self.store.client.set_tag(log.run_id, "rp.checkpoint_path", str(checkpoint))
         self._log_agent(trial, log.run_id)
         self.store.finish_trial(log.run_id, log.records, final)
         log.finished = True

@@ -1,0 +1,44 @@
+"""Shared fixtures: one tiny real Tune + SQLite MLflow experiment for the report tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+#: LeNet on digits, two methods, one seed, one trial each, 4 periods (~20 s on 2 CPUs)
+REPORT_CONFIG: dict[str, Any] = {
+    "name": "report-itest",
+    "seeds": [0],
+    "budget": {"periods": 4, "trials": 1},
+    "base": {
+        "dataset": {"name": "digits", "train_size": 150},
+        "model": {"name": "lenet"},
+        "regularizers": [{"kind": "dropout", "where": "head"}],
+        "train": {"period_length": 3, "batch_size": 32, "val_batches": 1},
+    },
+    "methods": {
+        "BL": {"controller": {"type": "constant", "values": {"dropout": 0.0}}},
+        "PD": {"controller": {"type": "periodic_random", "ranges": {"dropout": [0.0, 0.7]}}},
+    },
+    "tune": {"checkpoint_every": 2, "verbose": 0, "num_cpus": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def report_experiment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Runs ``REPORT_CONFIG`` once per session: ``{"uri", "tmp", "outcome", "name"}``."""
+    import ray
+
+    from raytune_periodic.config import validate_config
+    from raytune_periodic.tuning.runner import run_experiment
+
+    tmp: Path = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    cfg = validate_config(REPORT_CONFIG)
+    try:
+        outcome = run_experiment(cfg, storage_path=str(tmp / "ray"), mlflow_uri=uri)
+    finally:
+        ray.shutdown()
+    return {"uri": uri, "tmp": tmp, "outcome": outcome, "name": REPORT_CONFIG["name"]}
