@@ -9,6 +9,14 @@ on SQLite. ``flush()`` waits for them; every read and ``finish_*`` flushes first
 ``synchronous=False`` mode is not used: with its queue active, every ``set_terminated`` (the end
 of each trial run) blocks ~1 s (its logging loop polls with a 1 s timeout), and it drops queued
 batches at interpreter shutdown (docs/MLFLOW.md).
+
+Tracking-server outages: a write that fails because the server is unreachable is appended to a
+local spool (``tracking/spool.py``) instead, and so is every later write until the spool has been
+delivered, in order, on the next successful contact (tried at most every ``RP_MLFLOW_RETRY_S``
+seconds, default 5) or by ``raytune-periodic mlflow-sync``. Runs started during an outage get a
+placeholder id that is mapped to the real run when the spool is delivered. For ``http(s)`` URIs
+the store sets short MLflow HTTP retry/timeout defaults (unless already set) so a down server
+costs the caller seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -36,6 +44,12 @@ from raytune_periodic.tracking import (
     summarize,
     yaml_text,
 )
+from raytune_periodic.tracking.spool import (
+    Spool,
+    is_placeholder,
+    is_unreachable,
+    new_placeholder,
+)
 
 mlflow = require("mlflow")
 _entities = require("mlflow.entities")
@@ -50,6 +64,12 @@ KIND_INVOCATION, KIND_METHOD, KIND_TRIAL = "invocation", "method", "trial"
 TRIAL_STATUSES = {"ok": "FINISHED", "diverged": "FINISHED", "error": "FAILED"}
 PBT_EVENTS_FILE = "pbt_events.csv"
 _ID_TAG = {KIND_METHOD: "rp.method", KIND_TRIAL: "rp.trial_id"}
+# MLflow's defaults retry a refused connection 7 times with exponential backoff (minutes).
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 
 
 def _rp_tags(tags: Mapping[str, object] | None) -> dict[str, str]:
@@ -85,6 +105,7 @@ class MlflowStore:
         *,
         synchronous: bool = False,
         artifact_location: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri or default_tracking_uri()
         self.experiment_name = experiment_name
@@ -92,23 +113,143 @@ class MlflowStore:
         db = sqlite_path(self.tracking_uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
+        if self.tracking_uri.startswith(("http://", "https://")):
+            for key, val in HTTP_DEFAULTS.items():
+                os.environ.setdefault(key, val)
         self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment_name)
-        if exp is None:
-            if artifact_location is None and db is not None:
-                artifact_location = str(db.parent / "mlartifacts" / metric_key(experiment_name))
-            self.experiment_id = self.client.create_experiment(
-                experiment_name, artifact_location=artifact_location
-            )
-        else:
-            self.experiment_id = exp.experiment_id
+        self.spool = Spool.for_experiment(self.tracking_uri, experiment_name, spool_dir)
+        self.retry_s = float(os.environ.get("RP_MLFLOW_RETRY_S", "5"))
+        self._retry_at = 0.0
+        self._artifact_location = artifact_location
+        if artifact_location is None and db is not None:
+            self._artifact_location = str(db.parent / "mlartifacts" / metric_key(experiment_name))
+        self._experiment_id: str | None = None
+        try:
+            self._experiment_id = self.experiment_id
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            self._went_offline(exc)
         self._runs: dict[tuple[str, ...], str] = {}
         self._last: dict[str, int] = {}
-        self._queue: queue.Queue[tuple[str, list[Any], list[Any]]] = queue.Queue()
+        self._exploits: dict[str, int] = {}
+        self._replay_last: dict[str, int] = {}
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
         self._writer: threading.Thread | None = None
         self._errors: list[Exception] = []
         self._events: dict[str, list[list[str]]] = {}
+        self._summaries: dict[str, dict[str, float]] = {}
         self._closed: set[str] = set()
+
+    @property
+    def experiment_id(self) -> str:
+        """The experiment's id (created on first contact with the server)."""
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment_name)
+            if exp is None:
+                self._experiment_id = self.client.create_experiment(
+                    self.experiment_name, artifact_location=self._artifact_location
+                )
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    # ------------------------------------------------------------------ outage handling
+    def _went_offline(self, exc: BaseException) -> None:
+        if time.monotonic() >= self._retry_at:
+            _log.warning(
+                "MLflow server %s unreachable, spooling to %s: %s",
+                self.tracking_uri,
+                self.spool.path,
+                str(exc).splitlines()[0][:300],
+            )
+        self._retry_at = time.monotonic() + self.retry_s
+
+    def _online(self, force: bool = False) -> bool:
+        """Whether the server may be contacted now: nothing spooled, or the spool delivered."""
+        with self.spool.lock:
+            if not self.spool.pending():
+                return True
+            if not force and time.monotonic() < self._retry_at:
+                return False
+            self._replay_last = {}
+            try:
+                n = self.spool.drain(lambda op: self._apply(op, replay=True))
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    raise
+                self._went_offline(exc)
+                return False
+            _log.warning("MLflow %s back: delivered %d spooled operations", self.tracking_uri, n)
+            return True
+
+    def sync(self) -> int:
+        """Deliver this experiment's spool now; returns how many operations remain spooled."""
+        self.flush(strict=False)
+        self._online(force=True)
+        return self.spool.pending()
+
+    def _submit(self, op: dict[str, Any]) -> None:
+        """Apply one write now, or spool it (server unreachable, or earlier writes spooled)."""
+        with self.spool.lock:
+            if self._online():
+                try:
+                    self._apply(op)
+                    return
+                except Exception as exc:
+                    if not is_unreachable(exc):
+                        raise
+                    self._went_offline(exc)
+            self.spool.append(op)
+
+    def _real(self, run_id: str) -> str:
+        """A placeholder run id mapped to its real run (raises while it is not created)."""
+        if not is_placeholder(run_id):
+            return run_id
+        real = self.spool.resolve(run_id)
+        if real is None:
+            raise KeyError(f"run {run_id} is spooled and not created in MLflow yet")
+        return real
+
+    def _apply(self, op: dict[str, Any], replay: bool = False) -> None:
+        kind = op["op"]
+        if kind == "create_run":
+            tags = {k: self._real(v) if is_placeholder(v) else v for k, v in op["tags"].items()}
+            run_id, _ = self._find_or_create(tuple(op["key"]), tags, op["params"], op["name"])
+            self.spool.set_id(op["ref"], run_id)
+            return
+        run_id = self._real(op["run"])
+        if kind == "log_batch":
+            step = op.get("step")
+            if replay and step is not None:
+                if run_id not in self._replay_last:
+                    self._replay_last[run_id] = self._persisted_last_step(run_id)
+                if step <= self._replay_last[run_id]:
+                    return  # delivered before (a sync interrupted after this batch)
+            self.client.log_batch(
+                run_id,
+                metrics=[Metric(k, v, ts, st) for k, v, ts, st in op.get("metrics", [])],
+                tags=[RunTag(k, v) for k, v in op.get("tags", {}).items()],
+                synchronous=True,
+            )
+            if replay and step is not None:
+                self._replay_last[run_id] = step
+        elif kind == "log_artifacts":
+            self.client.log_artifacts(run_id, op["dir"], op["path"])
+        elif kind == "log_text":
+            self.client.log_text(run_id, op["text"], op["path"])
+        elif kind == "exploit_event":
+            self._exploit_event(run_id, [str(x) for x in op["row"]])
+        elif kind == "finish_trial":
+            self._finish_trial_now(run_id, op["records"], op["status"], op["ts"])
+        elif kind == "terminate":
+            self.client.set_terminated(run_id, op["status"], end_time=op["end_time"])
+        elif kind == "reopen":
+            self.client.update_run(run_id, status="RUNNING")
+            if op["kind"] == KIND_TRIAL:
+                self.client.set_tag(run_id, "rp.status", "running")
+        else:
+            raise ValueError(f"unknown spooled operation {kind!r}")
 
     # ------------------------------------------------------------------ run tree
     def start_invocation(
@@ -123,9 +264,9 @@ class MlflowStore:
         run_id, created = self._get_or_create(
             (KIND_INVOCATION, invocation_id), all_tags, params, f"invocation-{invocation_id[:8]}"
         )
-        if created or not self._has_artifact(run_id, "config.yaml"):
+        if created or is_placeholder(run_id) or not self._has_artifact(run_id, "config.yaml"):
             text = config if isinstance(config, str) else yaml_text(config)
-            self.client.log_text(run_id, text, "config.yaml")
+            self._submit({"op": "log_text", "run": run_id, "text": text, "path": "config.yaml"})
         return run_id
 
     def start_method(
@@ -179,13 +320,33 @@ class MlflowStore:
             if run_id in self._closed:  # started again after finish (a retried trial)
                 self._reopen(run_id, key[0])
             return run_id, False
+        flat = flatten(params)
+        if self._online():
+            try:
+                run_id, created = self._find_or_create(key, tags, flat, name)
+                self._runs[key] = run_id
+                return run_id, created
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    raise
+                self._went_offline(exc)
+        ref = new_placeholder()  # created when the spool is delivered
+        op = {"op": "create_run", "ref": ref, "key": list(key), "tags": tags, "params": flat}
+        self.spool.append({**op, "name": name})
+        self._runs[key] = ref
+        return ref, True
+
+    def _find_or_create(
+        self, key: tuple[str, ...], tags: dict[str, str], flat: dict[str, str], name: str
+    ) -> tuple[str, bool]:
+        """Re-attach to the run with ``key``'s tags (reopened, missing params added), or create
+        it."""
         filt = [f"tags.`rp.kind` = {_q(key[0])}", f"tags.`rp.invocation_id` = {_q(key[1])}"]
         if len(key) > 2:
             filt.append(f"tags.`{_ID_TAG[key[0]]}` = {_q(key[2])}")
         found = self.client.search_runs(
             [self.experiment_id], " and ".join(filt), max_results=1, order_by=["start_time ASC"]
         )
-        flat = flatten(params)
         if found:
             run = found[0]
             run_id = run.info.run_id
@@ -197,7 +358,7 @@ class MlflowStore:
                 )
             self._log_params(run_id, missing)
             if run.info.status != "RUNNING":
-                self._reopen(run_id, key[0])
+                self._apply({"op": "reopen", "run": run_id, "kind": key[0]})
             created = False
         else:
             run_id = self.client.create_run(
@@ -205,13 +366,10 @@ class MlflowStore:
             ).info.run_id
             self._log_params(run_id, flat)
             created = True
-        self._runs[key] = run_id
         return run_id, created
 
     def _reopen(self, run_id: str, kind: str) -> None:
-        self.client.update_run(run_id, status="RUNNING")
-        if kind == KIND_TRIAL:
-            self.client.set_tag(run_id, "rp.status", "running")
+        self._submit({"op": "reopen", "run": run_id, "kind": kind})
         self._closed.discard(run_id)
 
     def _log_params(self, run_id: str, flat: Mapping[str, str]) -> None:
@@ -226,7 +384,19 @@ class MlflowStore:
         return max(self._persisted_last_step(run_id), self._last.get(run_id, -1))
 
     def _persisted_last_step(self, run_id: str) -> int:
-        history = self.client.get_metric_history(run_id, "period")
+        """The run's stored last step; −1 for a spooled run or while the server is unreachable
+        (spooled steps are checked again against the stored ones when delivered)."""
+        if is_placeholder(run_id) and self.spool.resolve(run_id) is None:
+            return -1
+        if time.monotonic() < self._retry_at:  # offline: don't wait on the server again
+            return -1
+        try:
+            history = self.client.get_metric_history(self._real(run_id), "period")
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            self._went_offline(exc)
+            return -1
         return max((m.step for m in history), default=-1)
 
     def log_step(self, run_id: str, step: int, metrics: Mapping[str, float | None]) -> bool:
@@ -246,13 +416,13 @@ class MlflowStore:
             if key == "step":
                 continue
             try:
-                batch.append(Metric(metric_key(key), float(val), ts, step))  # type: ignore[arg-type]
+                batch.append([metric_key(key), float(val), ts, step])  # type: ignore[arg-type]
             except (TypeError, ValueError):
                 if val is not None:
                     skipped.append(key)
         if skipped:
             _log.warning("run %s step %d: skipped non-numeric metrics %s", run_id, step, skipped)
-        self._log_metrics(run_id, batch)
+        self._log_metrics({"op": "log_batch", "run": run_id, "metrics": batch, "step": step})
         self._last[run_id] = step
         return True
 
@@ -261,13 +431,23 @@ class MlflowStore:
         ``rp.last_donor`` and a row of the ``pbt_events.csv`` artifact."""
         ts, step = _now_ms(), int(step)
         metrics = [
-            Metric("exploited", 1.0, ts, step),
-            Metric("exploit_donor_period", float(donor_period), ts, step),
+            ["exploited", 1.0, ts, step],
+            ["exploit_donor_period", float(donor_period), ts, step],
         ]
-        self._log_metrics(run_id, metrics, [RunTag("rp.last_donor", str(donor_trial_id))])
+        tags = {"rp.last_donor": str(donor_trial_id)}
+        self._log_metrics({"op": "log_batch", "run": run_id, "metrics": metrics, "tags": tags})
+        self._exploits[run_id] = self._exploits.get(run_id, 0) + 1
+        row = [str(step), str(donor_trial_id), str(donor_period)]
+        self.flush(strict=False)
+        self._submit({"op": "exploit_event", "run": run_id, "row": row})
+
+    def _exploit_event(self, run_id: str, row: list[str]) -> None:
+        """Append a row to the run's ``pbt_events.csv`` artifact (once: replays are no-ops)."""
         if run_id not in self._events:
             self._events[run_id] = self._read_events(run_id)
-        self._events[run_id].append([str(step), str(donor_trial_id), str(donor_period)])
+        if row in self._events[run_id]:
+            return
+        self._events[run_id].append(row)
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows(
             [["step", "donor_trial_id", "donor_period"], *self._events[run_id]]
@@ -281,23 +461,23 @@ class MlflowStore:
         rows = list(csv.reader(Path(path).read_text().splitlines()))
         return rows[1:]
 
-    def _log_metrics(self, run_id: str, metrics: list[Any], tags: Sequence[Any] = ()) -> None:
+    def _log_metrics(self, op: dict[str, Any]) -> None:
         if self.synchronous:
-            self.client.log_batch(run_id, metrics=metrics, tags=list(tags), synchronous=True)
+            self._submit(op)
             return
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="rp-mlflow", daemon=True)
             self._writer.start()
             atexit.register(self.flush, strict=False)
-        self._queue.put((run_id, metrics, list(tags)))
+        self._queue.put(op)
 
     def _write_loop(self) -> None:
         while True:
-            run_id, metrics, tags = self._queue.get()
+            op = self._queue.get()
             try:
-                self.client.log_batch(run_id, metrics=metrics, tags=tags, synchronous=True)
+                self._submit(op)
             except Exception as exc:  # noqa: BLE001 - kept for flush()
-                _log.error("MLflow log_batch for run %s failed: %s", run_id, exc)
+                _log.error("MLflow log_batch for run %s failed: %s", op.get("run"), exc)
                 self._errors.append(exc)
             finally:
                 self._queue.task_done()
@@ -327,6 +507,12 @@ class MlflowStore:
     def history_records(self, run_id: str) -> list[dict[str, float]]:
         """Per-step metric dicts (with ``step``) rebuilt from the run's metric histories."""
         self.flush(strict=False)
+        if is_placeholder(run_id) and self.spool.resolve(run_id) is None:
+            return []
+        if not self._online():
+            _log.warning("MLflow unreachable: history of run %s not read", run_id)
+            return []
+        run_id = self._real(run_id)
         keys = [k for k in self.client.get_run(run_id).data.metrics if k not in SUMMARY_KEYS]
         by_step: dict[int, dict[str, float]] = {}
         for key in keys:
@@ -348,9 +534,19 @@ class MlflowStore:
             )
         self.flush(strict=False)
         recs = self.history_records(run_id) if records is None else list(records)
+        op = {"op": "finish_trial", "run": run_id, "records": recs, "status": status}
+        self._submit({**op, "ts": _now_ms()})
+        self._closed.add(run_id)
+        if run_id in self._summaries:
+            return self._summaries.pop(run_id)
+        return summarize(recs, self._exploits.get(run_id, 0))  # spooled: the local view
+
+    def _finish_trial_now(
+        self, run_id: str, recs: Sequence[Mapping[str, float]], status: str, ts: int
+    ) -> None:
         n_exploits = len(self.client.get_metric_history(run_id, "exploited"))
         summary = summarize(recs, n_exploits)
-        ts = _now_ms()
+        self._summaries[run_id] = summary
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()],
@@ -358,14 +554,12 @@ class MlflowStore:
             synchronous=True,
         )
         self.client.log_text(run_id, schedule_csv(recs), "schedule.csv")
-        self.client.set_terminated(run_id, TRIAL_STATUSES[status])
-        self._closed.add(run_id)
-        return summary
+        self.client.set_terminated(run_id, TRIAL_STATUSES[status], end_time=ts)
 
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
         """End an invocation or method run (FINISHED | FAILED | KILLED)."""
         self.flush(strict=False)
-        self.client.set_terminated(run_id, status)
+        self._submit({"op": "terminate", "run": run_id, "status": status, "end_time": _now_ms()})
         self._closed.add(run_id)
 
     # ------------------------------------------------------------------ artifacts
@@ -374,8 +568,19 @@ class MlflowStore:
         nothing on some artifact stores, so list the root)."""
         return any(f.path == name for f in self.client.list_artifacts(run_id))
 
+    def set_tag(self, run_id: str, key: str, value: object) -> None:
+        """Set one tag (spooled like every write while the server is unreachable)."""
+        self._submit({"op": "log_batch", "run": run_id, "tags": {key: str(value)[:8000]}})
+
+    def log_artifacts_dir(self, run_id: str, local_dir: str, artifact_path: str) -> None:
+        """Upload a local directory as artifacts (spooled by path while the server is down:
+        the directory must still exist when the spool is delivered)."""
+        self.flush(strict=False)
+        op = {"op": "log_artifacts", "run": run_id, "dir": str(local_dir)}
+        self._submit({**op, "path": artifact_path})
+
     def log_artifact_text(self, run_id: str, name: str, text: str) -> None:
-        self.client.log_text(run_id, text, name)
+        self._submit({"op": "log_text", "run": run_id, "text": text, "path": name})
 
     def log_artifact_file(
         self, run_id: str, path: str | os.PathLike[str], artifact_path: str | None = None

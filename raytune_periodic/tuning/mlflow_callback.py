@@ -144,7 +144,7 @@ class MlflowCallback(Callback):
         final = log.status if status == STATUS_OK else status
         checkpoint = getattr(getattr(trial, "checkpoint", None), "path", None)
         if checkpoint is not None:  # where reports (Grad-CAM, replay) find the weights
-            self.store.client.set_tag(log.run_id, "rp.checkpoint_path", str(checkpoint))
+            self.store.set_tag(log.run_id, "rp.checkpoint_path", str(checkpoint))
         self._log_agent(trial, log.run_id)
         self.store.finish_trial(log.run_id, log.records, final)
         log.finished = True
@@ -158,7 +158,7 @@ class MlflowCallback(Callback):
         agent = os.path.join(path, AGENT_DIR)
         if os.path.isdir(agent):
             self.store.flush(strict=False)
-            self.store.client.log_artifacts(run_id, agent, AGENT_DIR)
+            self.store.log_artifacts_dir(run_id, agent, AGENT_DIR)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, STATUS_OK)
