@@ -1,0 +1,131 @@
+"""Trials per minute and Tune/MLflow overhead on a local multi-node Ray cluster.
+
+Starts ``launch/local_cluster.sh`` (a head + N worker raylets on this machine, token auth) and,
+unless ``--mlflow-uri`` is given, a real MLflow server on 127.0.0.1 (``launch/mlflow_server.sh``);
+then runs one method with 16, 32 and 64 short trials through the CLI (``run --address``) and
+prints, per count: wall time, trials per minute, the mean trial's own training time (Tune's
+``time_total_s``) and the overhead per trial (``wall × slots / trials − training``: scheduling,
+actor start, checkpoints, MLflow). The cost per trial should stay flat as the count grows.
+Everything it starts is stopped by PID.
+
+    .venv/bin/python bench/scale.py --workers 2 --counts 16 32 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(name: str, trials: int, periods: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "seeds": [0],
+        "budget": {"periods": periods, "trials": trials},
+        "base": {
+            "dataset": {"name": "digits", "train_size": 200},
+            "model": {"name": "mlp", "hidden": [64]},
+            "regularizers": [{"kind": "dropout", "where": "head"}],
+            "train": {"period_length": 10, "batch_size": 32, "val_batches": 1},
+        },
+        "methods": {
+            "PD": {"controller": {"type": "periodic_random", "ranges": {"dropout": [0, 0.7]}}}
+        },
+        "tune": {"checkpoint_every": 5, "verbose": 0},
+    }
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("mlflow server did not start") from None
+            time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=2, help="worker raylets (1 CPU each)")
+    ap.add_argument("--counts", type=int, nargs="+", default=[16, 32, 64])
+    ap.add_argument("--periods", type=int, default=5)
+    ap.add_argument("--port", type=int, default=6490, help="head GCS port")
+    ap.add_argument("--mlflow-uri", help="use this tracking server instead of starting one")
+    args = ap.parse_args(argv)
+
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHON": sys.executable}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.pop("RAY_ADDRESS", None)
+    work = Path(tempfile.mkdtemp(prefix="rps-", dir="/tmp"))
+    script = str(ROOT / "launch" / "local_cluster.sh")
+    cluster = ["--dir", str(work / "c"), "--port", str(args.port),
+               "--dashboard-port", str(args.port + 120)]  # fmt: skip
+    server: subprocess.Popen[bytes] | None = None
+    rows = []
+    try:
+        uri = args.mlflow_uri
+        if uri is None:
+            port = args.port + 200
+            uri = f"http://127.0.0.1:{port}"
+            server = subprocess.Popen(
+                [str(ROOT / "launch" / "mlflow_server.sh"), "--port", str(port),
+                 "--backend-store-uri", f"sqlite:///{work}/mlflow.db",
+                 "--artifacts-destination", str(work / "artifacts")],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+            _wait_healthy(uri, server)
+        subprocess.run(
+            [script, "start", "--workers", str(args.workers), "--cpus", "1", "--head-cpus", "0",
+             *cluster], env=env, check=True, timeout=300,
+        )  # fmt: skip
+        for n in args.counts:
+            name = f"scale{n}"
+            cfg = work / f"{name}.yaml"
+            cfg.write_text(yaml.safe_dump(_config(name, n, args.periods)))
+            began = time.monotonic()
+            subprocess.run(
+                [sys.executable, "-m", "raytune_periodic.cli", "run", str(cfg), "--address",
+                 f"127.0.0.1:{args.port}", "--mlflow-uri", uri, "--storage-path",
+                 str(work / "ray")],
+                env=env, check=True, cwd=work, stdout=subprocess.DEVNULL, timeout=3600,
+            )  # fmt: skip
+            wall = time.monotonic() - began
+            train = []
+            for result in (work / "ray" / name).glob("**/result.json"):
+                lines = [x for x in result.read_text().splitlines() if x.strip()]
+                train.append(float(json.loads(lines[-1])["time_total_s"]))
+            mean_train = sum(train) / max(1, len(train))
+            per_trial = wall * args.workers / n
+            rows.append((n, wall, 60 * n / wall, mean_train, per_trial - mean_train))
+            print(f"{n} trials: {wall:.1f} s", flush=True)
+    finally:
+        subprocess.run([script, "stop", *cluster], env=env, timeout=120, check=False)
+        if server is not None and server.poll() is None:
+            os.killpg(server.pid, 15)
+            server.wait(timeout=30)
+    print(f"\n{args.workers} worker raylets x 1 CPU, {args.periods} periods x 10 steps per trial")
+    print("| trials | wall s | trials/min | train s/trial | overhead s/trial |")
+    print("|---:|---:|---:|---:|---:|")
+    for n, wall, tpm, tr, ov in rows:
+        print(f"| {n} | {wall:.1f} | {tpm:.1f} | {tr:.2f} | {ov:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
