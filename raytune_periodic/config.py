@@ -146,7 +146,8 @@ def validate_config(data: Mapping[str, Any], check_data: bool = True) -> Experim
     With ``check_data`` the dataset is loaded once (paths exist, shapes known) and the model and
     every method's controller are built against it, so bad names and ranges fail here.
     """
-    from raytune_periodic.tuning.methods import check_method  # no Ray import at module level
+    # no Ray import at module level in tuning.methods
+    from raytune_periodic.tuning.methods import METHODS, check_method, method_search
 
     data = copy.deepcopy(dict(data))
     _unknown(data, TOP_KEYS, "")
@@ -214,9 +215,9 @@ def validate_config(data: Mapping[str, Any], check_data: bool = True) -> Experim
     if not methods:
         raise ConfigError("methods", "missing: at least one method")
     _expect(methods, dict, "methods", "a mapping of name -> method")
-    bounds = None
+    bounds = input_shape = None
     if check_data:
-        bounds = _check_data_and_model(base, spec)
+        bounds, input_shape = _check_data_and_model(base, spec)
     for mname, entry in methods.items():
         fld = f"methods.{mname}"
         if not isinstance(mname, str) or not mname.replace("-", "").replace("_", "").isalnum():
@@ -229,7 +230,7 @@ def validate_config(data: Mapping[str, Any], check_data: bool = True) -> Experim
             if not agent.exists():
                 raise ConfigError(f"{fld}.controller.agent_checkpoint", f"{agent} does not exist")
             ctrl_spec["agent_checkpoint"] = str(agent.absolute())
-        method_bounds = bounds
+        method_bounds, method_shape = bounds, input_shape
         if "base" in entry:  # the method trains a variant of base (e.g. another model option)
             _expect(entry["base"], dict, f"{fld}.base", "a mapping (a partial run spec)")
             merged = method_base(base, entry)
@@ -239,10 +240,13 @@ def validate_config(data: Mapping[str, Any], check_data: bool = True) -> Experim
                 raise ConfigError(f"{fld}.base.{exc.field}", exc.message) from None
             if check_data:
                 try:
-                    method_bounds = _check_data_and_model(merged, mspec)
+                    method_bounds, method_shape = _check_data_and_model(merged, mspec)
                 except ConfigError as exc:
                     raise ConfigError(f"{fld}.{exc.field}", exc.message) from None
         check_method(mname, entry, trials=trials, periods=periods, bounds=method_bounds)
+        METHODS.get(method_search(mname, entry)).check_base(
+            mname, entry, method_base(base, entry), method_shape
+        )
         bounds_here = method_bounds
         if bounds_here is not None and "controller" in entry:
             ctrl = build_controller(entry["controller"], field=f"{fld}.controller")
@@ -302,7 +306,9 @@ def method_base(base: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, 
     return deep_merge(merged_base, over)
 
 
-def _check_data_and_model(base: dict[str, Any], spec: Any) -> dict[str, tuple[float, float]]:
+def _check_data_and_model(
+    base: dict[str, Any], spec: Any
+) -> tuple[dict[str, tuple[float, float]], tuple[int, ...]]:
     """Load the dataset and build the model once: paths, names and shapes fail before Ray."""
     opts = dict(spec.dataset)
     dname = opts.pop("name")
@@ -317,4 +323,4 @@ def _check_data_and_model(base: dict[str, Any], spec: Any) -> dict[str, tuple[fl
         regs = insert_regularizers(model, spec.regularizers)
     except ConfigError as exc:
         raise ConfigError(f"base.{exc.field}", exc.message) from None
-    return regs.bounds()
+    return regs.bounds(), tuple(data.input_shape)

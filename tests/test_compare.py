@@ -131,6 +131,8 @@ def test_method_table_values(table: pd.DataFrame) -> None:
     assert (pdm["test_f1_mean"], pdm["test_f1_std"]) == pytest.approx((0.83, 0.04 / s2))
     assert (pdm["gap_mean"], pdm["gap_std"]) == pytest.approx((0.06, 0.02 / s2))
     assert (pdm["trial_seconds"], pdm["passes"]) == pytest.approx((6.0, 120.0))
+    # cost in trainings of the original per seed: 3 period-engine trials over 2 seeds
+    assert pdm["t_ori_per_seed"] == pytest.approx(1.5) and bl["t_ori_per_seed"] == 1.0
     # PD: seed 0 selects t2 (0.90 > 0.84); seed 1 has only the errored trial
     assert pdm["n_seeds"] == 1
     assert (pdm["sel_val_f1_mean"], pdm["sel_test_f1_mean"]) == pytest.approx((0.90, 0.85))
@@ -145,7 +147,7 @@ def test_render_markdown_and_csv(table: pd.DataFrame) -> None:
     assert lines[0].startswith("| method | search | trials |")
     assert lines[2] == (
         "| BL | grid | 2 | 1 | 0 | 2 | 0.750 ± 0.071 | 0.720 ± 0.085 | 0.720 ± 0.085 "
-        "| 0.730 ± 0.085 | 0.150 ± 0.071 | 4.0 | 80 |"
+        "| 0.730 ± 0.085 | 0.150 ± 0.071 | 4.0 | 80 | 1.00 |"
     )
     assert "| PD | controller | 3 | 0 | 1 | 1 | 0.900 | 0.850 | 0.830 ± 0.028 |" in lines[3]
     back = pd.read_csv(io.StringIO(render_table(df, "csv")))
@@ -163,8 +165,9 @@ def test_single_trial_has_no_std() -> None:
                         "val_f1_std": math.nan, "test_f1_mean": math.nan,
                         "test_f1_std": math.nan, "final_test_f1_mean": math.nan,
                         "final_test_f1_std": math.nan, "gap_mean": 0.1, "gap_std": math.nan,
-                        "trial_seconds": 1.0, "passes": 10.0}])  # fmt: skip
-    row = "| A | grid | 1 | 0 | 0 | 1 | 0.500 | – | – | – | 0.100 | 1.0 | 10 |"
+                        "trial_seconds": 1.0, "passes": 10.0,
+                        "t_ori_per_seed": 1.0}])  # fmt: skip
+    row = "| A | grid | 1 | 0 | 0 | 1 | 0.500 | – | – | – | 0.100 | 1.0 | 10 | 1.00 |"
     assert row in render_table(df)
 
 

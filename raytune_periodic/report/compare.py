@@ -16,6 +16,7 @@ from typing import Any
 from raytune_periodic._imports import require
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.tracking import (
+    COST_KEYS,
     SUMMARY_KEYS,
     default_tracking_uri,
     is_finite,
@@ -26,7 +27,16 @@ from raytune_periodic.tracking import (
 #: per-step metrics loaded for every trial (plus each ``value/<name>``)
 PLOT_KEYS = ("val_f1", "train_f1")
 #: per-step metrics loaded to compute the summary of a trial that has none
-SUMMARY_INPUTS = ("period", "passes", "val_f1", "gap", "period_seconds", "full_val_f1", "test_f1")
+SUMMARY_INPUTS = (
+    "period",
+    "passes",
+    "val_f1",
+    "gap",
+    "period_seconds",
+    "full_val_f1",
+    "test_f1",
+    *COST_KEYS,
+)
 
 
 @dataclass
@@ -203,6 +213,7 @@ TABLE_COLUMNS = (
     "gap_std",
     "trial_seconds",
     "passes",
+    "t_ori_per_seed",
 )
 
 
@@ -253,6 +264,10 @@ def method_table(data: ExperimentData) -> Any:
                 "gap_std": gap.std(),
                 "trial_seconds": col("trial_seconds", method.trials).sum(),
                 "passes": col("total_passes", method.trials).sum(),
+                # Table 5's cost unit: trainings of the original network; a period-engine
+                # trial is one, surrogate methods report theirs (surrogate work by FLOPs)
+                "t_ori_per_seed": sum(t.summary.get("cost_t_ori", 1.0) for t in method.trials)
+                / max(len({t.tags.get("rp.seed", "?") for t in method.trials}), 1),
             }
         )
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
@@ -288,6 +303,7 @@ _MD_HEADER = (
     "gap",
     "seconds",
     "passes",
+    "T_ori/seed",
 )
 
 
@@ -313,6 +329,7 @@ def render_table(df: Any, fmt: str = "md") -> str:
             _pm(row["gap_mean"], row["gap_std"]),
             _num(row["trial_seconds"], ".1f"),
             _num(row["passes"], ".0f"),
+            _num(row["t_ori_per_seed"], ".2f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from raytune_periodic.tracking.mlflow_store import MlflowStore
 
 __all__ = [
+    "COST_KEYS",
     "SUMMARY_KEYS",
     "MlflowStore",
     "default_tracking_uri",
@@ -35,7 +36,14 @@ __all__ = [
     "yaml_text",
 ]
 
+#: cumulative cost counters some methods report per step (surrogate HPO); the last value is kept
+COST_KEYS = ("cost/t_ori", "cost/original_trainings", "cost/surrogate_trainings", "cost/cpu_s")
+
 SUMMARY_KEYS = (
+    "cost_t_ori",
+    "cost_original_trainings",
+    "cost_surrogate_trainings",
+    "cost_cpu_s",
     "best_val_f1",
     "test_f1_at_best",
     "final_gap",
@@ -128,6 +136,10 @@ def summarize(records: Sequence[Mapping[str, float]], n_exploits: int = 0) -> di
     seconds = [r["period_seconds"] for r in recs if is_finite(r.get("period_seconds"))]
     out["trial_seconds"] = float(sum(seconds))
     out["total_passes"] = own_passes(recs)
+    for key in COST_KEYS:
+        vals = [r[key] for r in recs if is_finite(r.get(key))]
+        if vals:
+            out[key.replace("/", "_")] = vals[-1]
     return out
 
 

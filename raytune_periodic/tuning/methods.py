@@ -97,6 +97,16 @@ class SearchMethod:
                     f"{fld}.{key}", f"unknown key for search {cls.search}; valid: {valid}"
                 )
 
+    @classmethod
+    def check_base(
+        cls,
+        name: str,
+        entry: Mapping[str, Any],
+        base: Mapping[str, Any],
+        input_shape: tuple[int, ...] | None,
+    ) -> None:
+        """Checks needing the method's run spec and the data's input shape (None: no data)."""
+
     def controller(self) -> dict[str, Any]:
         """The in-trial controller spec (value searches: ``constant`` fed by the trial config)."""
         return {"type": "constant"}
