@@ -513,11 +513,18 @@ class MlflowStore:
             _log.warning("MLflow unreachable: history of run %s not read", run_id)
             return []
         run_id = self._real(run_id)
-        keys = [k for k in self.client.get_run(run_id).data.metrics if k not in SUMMARY_KEYS]
         by_step: dict[int, dict[str, float]] = {}
-        for key in keys:
-            for m in self.client.get_metric_history(run_id, key):
-                by_step.setdefault(m.step, {"step": float(m.step)})[key] = m.value
+        try:  # the server may go down between the check above and these reads
+            metrics = self.client.get_run(run_id).data.metrics
+            for key in [k for k in metrics if k not in SUMMARY_KEYS]:
+                for m in self.client.get_metric_history(run_id, key):
+                    by_step.setdefault(m.step, {"step": float(m.step)})[key] = m.value
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            self._went_offline(exc)
+            _log.warning("MLflow unreachable: history of run %s not read", run_id)
+            return []
         return [by_step[s] for s in sorted(by_step)]
 
     def finish_trial(
