@@ -15,7 +15,7 @@ random         Tune's random search (``tune.uniform`` / ``tune.loguniform``) of 
 optuna         Optuna's TPE sampler through ``OptunaSearch``, one search per seed
 pbt            ``PopulationBasedTraining``: a population of ``trials`` per seed whose values
                are mutated every ``perturbation_interval`` iterations, weights exploited
-pb2            ``PB2`` (needs GPy), same shape as pbt
+pb2            ``PB2`` (GP-bandit explore, scikit-learn), same shape as pbt
 =============  ==========================================================================
 """
 
@@ -316,9 +316,9 @@ class PBTMethod(_ValueSearch):
         return self._domains()
 
     def scheduler(self, seed: int, metric: str) -> Any:
-        from ray.tune.schedulers import PopulationBasedTraining
+        from raytune_periodic.tuning.pbt_sync import SyncSafePBT
 
-        return PopulationBasedTraining(
+        return SyncSafePBT(
             time_attr="training_iteration",  # metric/mode come from TuneConfig
             perturbation_interval=int(self.entry.get("perturbation_interval", 5)),
             hyperparam_mutations={"values": self._domains()},
@@ -335,24 +335,18 @@ class PBTMethod(_ValueSearch):
 
 @register
 class PB2Method(PBTMethod):
-    """PB2 (GP-bandit explore); needs the GPy package."""
+    """PB2 (GP-bandit explore; Ray's PB2 fits its Gaussian process with scikit-learn)."""
 
     search = "pb2"
 
     def scheduler(self, seed: int, metric: str) -> Any:
-        from raytune_periodic._imports import MissingDependencyError
-
-        try:
-            import GPy  # noqa: F401
-        except ImportError:
-            raise MissingDependencyError("pb2 needs GPy: pip install GPy") from None
-        from ray.tune.schedulers.pb2 import PB2
+        from raytune_periodic.tuning.pbt_sync import SyncSafePB2
 
         bounds = {
             group: list(_space_entry(value, "", None, group)[:2])
             for group, value in self.entry["space"].items()
         }
-        return PB2(
+        return SyncSafePB2(
             time_attr="training_iteration",  # metric/mode come from TuneConfig
             perturbation_interval=int(self.entry.get("perturbation_interval", 5)),
             hyperparam_bounds={"values": bounds},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import logging
 import math
 import os
 import time
@@ -25,10 +26,12 @@ from raytune_periodic.records import STATUS_OK
 from raytune_periodic.training import PeriodEngine, build_engine
 
 CHECKPOINT_FILE = "engine.pt"
+META_FILE = "rp_meta.json"  #: ``{"trial_id", "period"}`` of a checkpoint, readable without torch
 AGENT_DIR = "agent"  #: a learning controller's exported agent, next to the engine state
 #: test hook: "PERIOD:MARKER" kills the first trial worker that starts period PERIOD (once per
 #: marker file) so fault-tolerance tests exercise Tune's restore from the last checkpoint
 FAULT_ENV = "RAYTUNE_PERIODIC_INJECT_FAULT"
+_log = logging.getLogger(__name__)
 
 
 def trial_spec(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,12 +155,16 @@ class PeriodTrainable(tune.Trainable):
         state["rp_full_val_last"] = self.full_val_last
         state["rp_history"] = self.history
         torch.save(state, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+        meta = {"trial_id": self.trial_id, "period": int(state["period"])}
+        with open(os.path.join(checkpoint_dir, META_FILE), "w") as f:
+            json.dump(meta, f)
         export = getattr(self.engine.controller, "export_agent", None)
         if export is not None:  # e.g. PPO: the agent on its own, loadable for inference
             export(os.path.join(checkpoint_dir, AGENT_DIR))
 
     def load_checkpoint(self, checkpoint: str | dict | None) -> None:
         assert isinstance(checkpoint, str)
+        checkpoint = self._exploit_checkpoint(checkpoint)
         state = torch.load(
             os.path.join(checkpoint, CHECKPOINT_FILE),
             map_location=self.engine.device,
@@ -173,6 +180,43 @@ class PeriodTrainable(tune.Trainable):
         else:
             self.replay = list(self.history)
         self._apply_values(self.config)
+
+    def _exploit_checkpoint(self, checkpoint: str) -> str:
+        """The donor checkpoint at the iteration Tune restores to (PBT exploit safeguard).
+
+        ``Trainable.restore`` sets ``self.iteration`` from the donor's result before calling
+        ``load_checkpoint``; the checkpoint must hold that many periods. Ray 2.60's synchronous
+        PBT was seen handing a clone the donor's *later* checkpoint (the clone then skipped
+        periods and finished early). If so, take the donor's checkpoint with the right period
+        from the same trial directory; if there is none, keep the given one and say so.
+        """
+        meta_path = os.path.join(checkpoint, META_FILE)
+        expected = self.iteration * self.iteration_periods
+        if not os.path.exists(meta_path) or self.iteration <= 0:
+            return checkpoint
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta["trial_id"] == self.trial_id or meta["period"] == expected:
+            return checkpoint
+        parent = os.path.dirname(os.path.normpath(checkpoint))
+        for name in sorted(os.listdir(parent)):
+            path = os.path.join(parent, name, META_FILE)
+            if name.startswith("checkpoint_") and os.path.exists(path):
+                with open(path) as f:
+                    other = json.load(f)
+                if other["trial_id"] == meta["trial_id"] and other["period"] == expected:
+                    _log.warning(
+                        "trial %s: exploit checkpoint %s holds period %d, Tune restores "
+                        "iteration %d; using %s",
+                        self.trial_id, checkpoint, meta["period"], self.iteration, name,
+                    )  # fmt: skip
+                    return os.path.join(parent, name)
+        _log.warning(
+            "trial %s: exploit checkpoint %s holds period %d but Tune restores iteration %d "
+            "and no donor checkpoint has that period",
+            self.trial_id, checkpoint, meta["period"], self.iteration,
+        )  # fmt: skip
+        return checkpoint
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         # Tune has already switched ``trial_id`` when the actor is reused for another trial
