@@ -4,7 +4,7 @@ set -euo pipefail
 usage() {
     cat <<'USAGE'
 usage: launch/submit.sh CONFIG [--address URL] [--mlflow-uri URI] [--storage-path PATH]
-                        [--resume] [--no-wait] [-- EXTRA_RUN_ARGS...]
+                        [--env KEY=VALUE]... [--resume] [--no-wait] [-- EXTRA_RUN_ARGS...]
 
 Run `raytune-periodic run CONFIG` as a Ray job (the driver runs on the head). The working
 directory is shipped as the job's runtime_env working_dir; the MLflow URI and the Tune storage
@@ -16,6 +16,8 @@ driver connects to the cluster through the RAY_ADDRESS that Ray sets for every j
                        e.g. through `ray attach cluster.yaml -p 8265`)
   --mlflow-uri URI     tracking URI as seen from the head (default: http://127.0.0.1:5000)
   --storage-path PATH  Tune storage shared by all nodes (s3://..., gs://..., or an NFS path)
+  --env KEY=VALUE      an extra environment variable for the driver and every trial worker
+                       (the runtime_env's env_vars; repeatable), e.g. CUDA_VISIBLE_DEVICES
   --resume             finish the last invocation (Tuner.restore)
   --no-wait            return after submission (follow with `ray job logs -f ID`)
   -h, --help           show this help
@@ -32,12 +34,16 @@ storage=""
 config=""
 wait_flag=()
 run_args=()
+env_vars=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --address) address="$2"; shift 2 ;;
         --mlflow-uri) mlflow_uri="$2"; shift 2 ;;
         --storage-path) storage="$2"; shift 2 ;;
+        --env)
+            if [[ "${2:-}" != *=* ]]; then echo "--env needs KEY=VALUE, got: ${2:-}" >&2; exit 2; fi
+            env_vars+=("$2"); shift 2 ;;
         --resume) run_args+=("--resume"); shift ;;
         --no-wait) wait_flag=("--no-wait"); shift ;;
         --) shift; run_args+=("$@"); break ;;
@@ -50,8 +56,15 @@ if [[ -z "$storage" ]]; then
     echo "--storage-path is required (shared storage: s3://, gs:// or NFS)" >&2
     exit 2
 fi
-env_json="$(printf '{"working_dir": "%s", "excludes": [".git", ".venv", "runs", "mlartifacts", "mlflow.db"], "env_vars": {"MLFLOW_TRACKING_URI": "%s", "RP_STORAGE_PATH": "%s"}}' \
-    "$root" "$mlflow_uri" "$storage")"
+env_json="$("${PYTHON:-python}" - "$root" "$mlflow_uri" "$storage" "${env_vars[@]}" <<'PY'
+import json, sys
+root, uri, storage, *extra = sys.argv[1:]
+env = {"MLFLOW_TRACKING_URI": uri, "RP_STORAGE_PATH": storage}
+env.update(kv.split("=", 1) for kv in extra)
+print(json.dumps({"working_dir": root, "env_vars": env,
+                  "excludes": [".git", ".venv", "runs", "mlartifacts", "mlflow.db"]}))
+PY
+)"
 exec ray job submit --address "$address" "${wait_flag[@]}" --runtime-env-json "$env_json" -- \
     python -m raytune_periodic.cli run "$config" --mlflow-uri "$mlflow_uri" \
     --storage-path "$storage" "${run_args[@]}"

@@ -16,7 +16,8 @@ Shape (every key optional unless marked)::
       PD: {controller: {type: periodic_random, ranges: {dropout: [0.0, 0.7]}}}
       PBT: {search: pbt, space: {dropout: [0.0, 0.7]}, perturbation_interval: 5}
     tune: {iteration_periods: 1, checkpoint_every: 5, max_concurrent: 0,
-           resources: {cpu: 1, gpu: 0}, max_failures: 2, metric: objective, storage_path: null}
+           resources: {cpu: 1, gpu: 0}, max_failures: 2, metric: objective, storage_path: null,
+           reuse_actors: true}        # false: a fresh worker process per trial (Ray places each)
     mlflow: {tracking_uri: null, experiment: null}
 
 Errors are ``ConfigError`` with the dotted field path; the CLI prints them as one line, exit 2.
@@ -52,6 +53,7 @@ TUNE_DEFAULTS: dict[str, Any] = {
     "storage_path": None,
     "num_cpus": None,
     "verbose": 1,
+    "reuse_actors": True,
 }
 MLFLOW_DEFAULTS: dict[str, Any] = {"tracking_uri": None, "experiment": None}
 
@@ -180,6 +182,7 @@ def validate_config(data: Mapping[str, Any], check_data: bool = True) -> Experim
     _int(tune["verbose"], "tune.verbose", 0)
     if tune["num_cpus"] is not None:
         _int(tune["num_cpus"], "tune.num_cpus", 1)
+    _expect(tune["reuse_actors"], bool, "tune.reuse_actors", "true or false")
     if periods % tune["iteration_periods"]:
         raise ConfigError(
             "tune.iteration_periods",

@@ -148,6 +148,7 @@ BROKEN = [
         "tune.iteration_periods",
     ),
     ("unknown metric", _set("tune", {"metric": "accuracy"}), "tune.metric"),
+    ("reuse_actors not a bool", _set("tune", {"reuse_actors": "yes"}), "tune.reuse_actors"),
     ("unknown mlflow key", _set("mlflow", {"uri": "x"}), "mlflow.uri"),
     (
         "method base: unknown model",

@@ -204,7 +204,7 @@ def run_experiment(
                     tune_config=tune.TuneConfig(
                         metric=cfg.tune["metric"],
                         mode="max",
-                        reuse_actors=True,
+                        reuse_actors=cfg.tune["reuse_actors"],
                         max_concurrent_trials=max_conc,
                         **kwargs,
                     ),
