@@ -119,6 +119,10 @@ class SearchMethod:
         """Keyword arguments for ``tune.TuneConfig`` beyond metric/mode."""
         return {"num_samples": 1}
 
+    def trials_per_seed(self) -> int:
+        """How many trials this method runs per seed (``validate`` prints the total)."""
+        return self.trials
+
     def static_params(self) -> dict[str, Any]:
         """Method options logged once as MLflow params of the method run."""
         return {k: v for k, v in self.entry.items()}

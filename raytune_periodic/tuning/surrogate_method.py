@@ -171,6 +171,11 @@ class _SurrogateFamily(SearchMethod):
             rp["replicate"] = tune.grid_search(list(range(reps)))
         return rp
 
+    def trials_per_seed(self) -> int:
+        if self.kind == "fixed":
+            return len(grid_points(self.name, self.entry))
+        return int(self.entry.get("replicates", self.trials))
+
     def trainable(self, resources: Mapping[str, float]) -> Any:
         """Head bundle: the trial (stage a); one bundle per candidate: ``cpus_per_candidate``
         (``auto``: what the cluster has left, at most 1)."""
