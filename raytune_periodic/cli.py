@@ -7,10 +7,16 @@ Bad input is one line on stderr and exit code 2, before Ray starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from raytune_periodic.errors import ConfigError
+
+if TYPE_CHECKING:
+    from raytune_periodic.config import ExperimentConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="restore unfinished Tuners of the last invocation and finish them",
     )
+    _smoke_args(run)
 
     cmp_ = sub.add_parser("compare", help="method table and plots of an experiment from MLflow")
     cmp_.add_argument("experiment", help="MLflow experiment name (the config's name)")
@@ -78,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="validate an experiment config without running it")
     val.add_argument("config")
     val.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    _smoke_args(val)
 
     sub.add_parser("list", help="registered models, datasets, regularizers, controllers, methods")
 
@@ -102,18 +110,54 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _smoke_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds-long CPU run on tiny generated data in the datasets' real formats "
+        "(first seed, 2 periods, every method)",
+    )
+    parser.add_argument(
+        "--smoke-dir", help="with --smoke: where the tiny data goes (default: a temporary dir)"
+    )
+
+
+@contextlib.contextmanager
+def _config(args: argparse.Namespace) -> Iterator[ExperimentConfig]:
+    """The validated config of ``args`` (``--set`` applied, then ``--smoke``).
+
+    With ``--smoke`` the tiny data lives until the block ends (``--smoke-dir`` keeps it).
+    """
+    from raytune_periodic.config import apply_overrides, read_yaml, validate_config
+
+    raw = apply_overrides(read_yaml(args.config), args.set)
+    if not args.smoke:
+        if args.smoke_dir:
+            raise ConfigError("--smoke-dir", "only with --smoke")
+        yield validate_config(raw)
+        return
+    from raytune_periodic.smoke import smoke_config
+
+    with contextlib.ExitStack() as stack:
+        workdir = args.smoke_dir or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="rp-smoke-")
+        )
+        raw = smoke_config(raw, workdir)
+        print(f"smoke mode: tiny generated data in {workdir}, experiment {raw.get('name')!r}")
+        yield validate_config(raw)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from raytune_periodic.config import load_config
     from raytune_periodic.tuning.runner import run_experiment
 
-    cfg = load_config(args.config, args.set)
-    outcome = run_experiment(
-        cfg,
-        address=args.address,
-        storage_path=args.storage_path,
-        mlflow_uri=args.mlflow_uri,
-        resume=args.resume,
-    )
+    with _config(args) as cfg:
+        outcome = run_experiment(
+            cfg,
+            address=args.address,
+            storage_path=args.storage_path,
+            mlflow_uri=args.mlflow_uri,
+            resume=args.resume,
+        )
     print(
         f"experiment {outcome.experiment!r} invocation {outcome.invocation_id} finished in "
         f"{outcome.seconds:.0f} s; MLflow: {outcome.tracking_uri}; Tune: {outcome.storage_path}"
@@ -188,13 +232,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from raytune_periodic.config import load_config
+    with _config(args) as cfg:
+        pass
+    from raytune_periodic.tuning.methods import build_method
 
-    cfg = load_config(args.config, args.set)
-    n_trials = len(cfg.methods) * len(cfg.seeds) * cfg.trials
+    per_seed = [build_method(n, e, cfg.trials).trials_per_seed() for n, e in cfg.methods.items()]
+    n_trials = sum(per_seed) * len(cfg.seeds)
     print(
-        f"ok: {cfg.name}: {len(cfg.methods)} methods x {len(cfg.seeds)} seeds x {cfg.trials} "
-        f"trials x {cfg.periods} periods = {n_trials} trials, {n_trials * cfg.periods} periods"
+        f"ok: {cfg.name}: {len(cfg.methods)} methods x {len(cfg.seeds)} seeds "
+        f"({'+'.join(map(str, per_seed))} trials per seed) x {cfg.periods} periods = "
+        f"{n_trials} trials, {n_trials * cfg.periods} periods"
     )
     return 0
 

@@ -238,7 +238,7 @@ def test_cli_validate_and_bad_config_exit_codes(tmp_path: Path) -> None:
     good.write_text(yaml.safe_dump(GOOD))
     ok = _cli("validate", str(good))
     assert ok.returncode == 0, ok.stderr
-    assert "5 methods x 2 seeds x 2 trials" in ok.stdout
+    assert "5 methods x 2 seeds (2+2+2+2+2 trials per seed) x 6 periods = 20 trials" in ok.stdout
     bad = _cli("validate", str(good), "--set", "base.train.period_length=0")
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()

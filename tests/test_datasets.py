@@ -21,6 +21,12 @@ from raytune_periodic.data import (
     load_dataset,
     split_indices,
 )
+from raytune_periodic.data.synthetic import (
+    fer_rows,
+    write_cifar10,
+    write_cifar100,
+    write_fer2013_csv,
+)
 from raytune_periodic.errors import ConfigError
 
 
@@ -169,44 +175,8 @@ def test_dataset_options():
 # ---------------------------------------------------------------- CIFAR-10/100 on disk
 
 
-def _pickle(path, obj):
-    with open(path, "wb") as handle:
-        pickle.dump(obj, handle)
-
-
-def _write_cifar10(root, per_batch=20, n_test=20):
-    """torchvision's cifar-10-batches-py layout: dicts with str keys, data uint8 N×3072."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
-        n = n_test if name == "test_batch" else per_batch
-        labels = [(j + i) % 10 for j in range(n)]
-        _pickle(
-            folder / name,
-            {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": labels},
-        )
-    _pickle(folder / "batches.meta", {"label_names": [f"c{k}" for k in range(10)]})
-    return folder
-
-
-def _write_cifar100(root, n_train=300, n_test=100):
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    for name, n in (("train", n_train), ("test", n_test)):
-        fine = [j % 100 for j in range(n)]
-        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        _pickle(
-            folder / name,
-            {"data": data, "fine_labels": fine, "coarse_labels": [f // 5 for f in fine]},
-        )
-    _pickle(folder / "meta", {"fine_label_names": [f"f{k}" for k in range(100)]})
-    return folder
-
-
 def test_cifar10_reads_torchvision_layout(tmp_path):
-    _write_cifar10(tmp_path)
+    write_cifar10(tmp_path)
     data = load_dataset("cifar10", root=str(tmp_path), verify=False, val_fraction=0.2, seed=3)
     assert data.input_shape == (3, 32, 32) and data.num_classes == 10
     assert (len(data.train), len(data.val), len(data.test)) == (80, 20, 20)
@@ -224,7 +194,7 @@ def test_cifar10_reads_torchvision_layout(tmp_path):
 
 
 def test_cifar_pixel_layout_is_chw(tmp_path):
-    folder = _write_cifar10(tmp_path)
+    folder = write_cifar10(tmp_path)
     with open(folder / "test_batch", "rb") as handle:
         raw = pickle.load(handle)["data"][0].reshape(3, 32, 32).astype(np.float32)
     data = load_dataset("cifar10", root=tmp_path, verify=False)
@@ -234,7 +204,7 @@ def test_cifar_pixel_layout_is_chw(tmp_path):
 
 
 def test_cifar100_reads_fine_labels(tmp_path):
-    _write_cifar100(tmp_path)
+    write_cifar100(tmp_path)
     data = load_dataset("cifar100", root=tmp_path, verify=False, val_fraction=1 / 3)
     assert data.num_classes == 100 and data.input_shape == (3, 32, 32)
     assert (len(data.train), len(data.val), len(data.test)) == (200, 100, 100)
@@ -242,7 +212,7 @@ def test_cifar100_reads_fine_labels(tmp_path):
 
 
 def test_cifar_md5_check_is_on_by_default(tmp_path):
-    _write_cifar10(tmp_path)
+    write_cifar10(tmp_path)
     with pytest.raises(ConfigError, match="md5") as err:
         load_dataset("cifar10", root=tmp_path)
     assert err.value.field == "dataset.options.root"
@@ -260,7 +230,7 @@ def test_cifar_missing_root_is_config_error(tmp_path, name):
 
 
 def test_cifar_missing_batch_file_is_config_error(tmp_path):
-    folder = _write_cifar10(tmp_path)
+    folder = write_cifar10(tmp_path)
     (folder / "data_batch_3").unlink()
     with pytest.raises(ConfigError, match="data_batch_3") as err:
         load_dataset("cifar10", root=tmp_path, verify=False)
@@ -270,33 +240,16 @@ def test_cifar_missing_batch_file_is_config_error(tmp_path):
 # ---------------------------------------------------------------- FER2013 CSV
 
 
-def _fer_rows(n, rng):
-    return [(j % 7, " ".join(map(str, rng.integers(0, 256, 2304)))) for j in range(n)]
-
-
-def _write_fer_kaggle(path, header="emotion,pixels,Usage"):
-    """30 rows: 21 Training, 5 PublicTest, 4 PrivateTest."""
-    rng = np.random.default_rng(2)
-    usage = ["Training"] * 21 + ["PublicTest"] * 5 + ["PrivateTest"] * 4
-    lines = [header]
-    for (label, pixels), use in zip(_fer_rows(30, rng), usage, strict=True):
-        if header.startswith("emotion, Usage"):
-            lines.append(f"{label},{use},{pixels}")
-        else:
-            lines.append(f"{label},{pixels},{use}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 @pytest.mark.parametrize("layout", ["file", "dir", "subdir", "icml"])
 def test_fer2013_kaggle_layouts(tmp_path, layout):
     if layout == "icml":
-        _write_fer_kaggle(tmp_path / "fer2013" / "icml_face_data.csv", "emotion, Usage, pixels")
+        write_fer2013_csv(
+            tmp_path / "fer2013" / "icml_face_data.csv", header="emotion, Usage, pixels"
+        )
         root = tmp_path
     else:
         target = tmp_path / ("fer2013" if layout == "subdir" else "") / "fer2013.csv"
-        csv_path = _write_fer_kaggle(target)
+        csv_path = write_fer2013_csv(target)
         root = csv_path if layout == "file" else tmp_path
     data = load_dataset("fer2013", root=str(root))
     assert data.input_shape == (1, 48, 48) and data.num_classes == 7
@@ -308,7 +261,7 @@ def test_fer2013_kaggle_layouts(tmp_path, layout):
 
 
 def test_fer2013_options(tmp_path):
-    _write_fer_kaggle(tmp_path / "fer2013.csv")
+    write_fer2013_csv(tmp_path / "fer2013.csv")
     small = load_dataset("fer2013", root=tmp_path, train_size=14, label_noise=0.5, seed=1)
     assert len(small.train) == 14 and small.info["noisy_labels"] == 7
     assert (
@@ -322,7 +275,7 @@ def test_fer2013_options(tmp_path):
 def test_fer2013_torchvision_train_csv_layout(tmp_path):
     folder = tmp_path / "fer2013"
     folder.mkdir()
-    rows = _fer_rows(40, np.random.default_rng(3))
+    rows = fer_rows(40, np.random.default_rng(3))
     (folder / "train.csv").write_text(
         "emotion,pixels\n" + "".join(f"{label},{pixels}\n" for label, pixels in rows)
     )

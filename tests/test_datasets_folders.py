@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from raytune_periodic.data import DATASETS, load_dataset
 from raytune_periodic.data.folders import ImageFiles
+from raytune_periodic.data.synthetic import write_affectnet, write_tiny_imagenet
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.training import build_engine
 
@@ -18,39 +18,14 @@ EMOTIONS = ["anger", "contempt", "happy", "neutral"]
 WNIDS = ["n01443537", "n01629819", "n01641577"]
 
 
-def _write(path: Path, rng: np.random.Generator, side: int = 20) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = rng.integers(0, 256, size=(side, side + 4, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-
-
 @pytest.fixture(scope="module")
 def affectnet(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("affectnet")
-    rng = np.random.default_rng(0)
-    for cls in EMOTIONS:
-        for i in range(10):
-            _write(root / "train" / cls / f"{i}.jpg", rng)
-        for i in range(3):
-            _write(root / "val" / cls / f"{i}.png", rng)
-    return root
+    return write_affectnet(tmp_path_factory.mktemp("affectnet"), EMOTIONS, n_train=10, n_val=3)
 
 
 @pytest.fixture(scope="module")
 def tiny_imagenet(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny-imagenet-200")
-    rng = np.random.default_rng(1)
-    lines = []
-    for wnid in WNIDS:
-        for i in range(8):
-            _write(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", rng, 64)
-        for i in range(2):
-            name = f"val_{wnid}_{i}.JPEG"
-            _write(root / "val" / "images" / name, rng, 64)
-            lines.append(f"{name}\t{wnid}\t0\t0\t63\t63")
-    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    (root / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
-    return root
+    return write_tiny_imagenet(tmp_path_factory.mktemp("tiny-imagenet-200"), WNIDS, 8, 2, 64)
 
 
 def test_registered() -> None:

@@ -1,0 +1,255 @@
+"""``--smoke``: rewrite an experiment config so that it runs in seconds on a CPU.
+
+``smoke_config(raw, workdir)`` returns a copy of a raw (unvalidated) config in which
+
+- every dataset that lives on disk (CIFAR-10/100, FER2013, AffectNet, Tiny-ImageNet) is replaced
+  by a tiny random one written under ``workdir`` in the dataset's *real* on-disk format
+  (``raytune_periodic.data.synthetic``) and ``root`` points at it, so a placeholder path validates
+  and the real loader code runs; bundled datasets (digits, iris) get a small ``train_size``;
+  image sizes shrink to at most 64 px where the dataset has a ``size`` option;
+- every method is kept; only the first seed; ``budget.periods`` = 2; ``budget.trials`` = 1 (2 when
+  a PBT/PB2 method needs a population) with grids cut to that many points; one pass per period,
+  small batches, the CPU; one trial per CPU, no GPU; ResNets get the ImageNet stem;
+- the knobs that make a method slow shrink: PPO batch sizes and epochs, PBT intervals, toggle and
+  periodic intervals (so a 2-period run still toggles), surrogate populations, grids, ``ni_epochs``
+  and solver batches (candidates run serially: no extra Ray bundles);
+- the experiment name gains ``-smoke`` so smoke runs never mix with real ones in MLflow.
+
+Core module: imports only the core (``data.synthetic``: numpy, PIL), never Ray, MLflow, Optuna or
+Nevergrad.
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from raytune_periodic.data import synthetic
+from raytune_periodic.errors import ConfigError
+
+SMOKE_PERIODS = 2
+SMOKE_SIZE = 64  # largest image side in smoke mode (datasets with a ``size`` option)
+SMOKE_TRAIN: dict[str, Any] = {
+    "period_length": 1,
+    "batch_size": 8,
+    "val_batches": 1,
+    "eval_batch_size": 64,
+    "device": "cpu",
+    "amp": False,
+    "num_workers": 0,
+}
+SMALL_TRAIN_SIZE = {"digits": 100, "iris": 30}
+IMAGENET_STEM = {"resnet18", "resnet34"}  # small_stem: false keeps 32/48 px inputs cheap
+PPO_KNOBS = {"train_batch_size": 2, "minibatch_size": 2, "num_epochs": 1}
+SURROGATE_SEARCHES = {"surrogate_de", "surrogate_pso", "ea_original", "sparseness_grid"}
+SOLVER = {"batch_size": 16, "eval_batch_size": 64}
+
+
+def _tag(names: list[str]) -> str:
+    """A stable short tag of a class list (folder names differ when the classes differ)."""
+    return f"{zlib.crc32(','.join(names).encode()):08x}"
+
+
+def _affectnet_classes(classes: Any) -> list[str]:
+    if isinstance(classes, list | tuple) and classes:
+        return [str(c) for c in classes]
+    if isinstance(classes, int) and not isinstance(classes, bool) and classes >= 2:
+        return [str(k) for k in range(classes)]  # numeric folders, as AffectNet's labels
+    return list(synthetic.AFFECTNET_EMOTIONS)
+
+
+def _tiny_imagenet_wnids(classes: Any) -> list[str]:
+    if isinstance(classes, list | tuple) and classes:
+        return [str(c) for c in classes]
+    if isinstance(classes, int) and not isinstance(classes, bool) and classes >= 2:
+        return synthetic.tiny_imagenet_wnids(classes)
+    return synthetic.tiny_imagenet_wnids(3)
+
+
+def write_smoke_data(name: str, opts: Mapping[str, Any], workdir: Path) -> dict[str, Any] | None:
+    """Write a tiny copy of dataset ``name`` under ``workdir``; the options that point at it.
+
+    Returns None for datasets that are not read from disk (digits, iris, unknown names).
+    """
+    folder = workdir / name
+    if name in ("cifar10", "cifar100"):
+        if not folder.exists():
+            if name == "cifar10":
+                synthetic.write_cifar10(folder, per_batch=20, n_test=20)
+            else:
+                synthetic.write_cifar100(folder, n_train=300, n_test=100)
+        return {"root": str(folder), "verify": False}
+    if name == "fer2013":
+        path = folder / "fer2013.csv"
+        if not path.exists():
+            synthetic.write_fer2013_csv(path, counts=(56, 14, 14))
+        return {"root": str(path)}
+    if name == "affectnet":
+        classes = _affectnet_classes(opts.get("classes"))
+        folder = workdir / f"affectnet-{len(classes)}-{_tag(classes)}"
+        if not folder.exists():
+            synthetic.write_affectnet(folder, classes, n_train=6, n_val=2, side=32)
+        return {"root": str(folder)}
+    if name == "tiny_imagenet":
+        wnids = _tiny_imagenet_wnids(opts.get("classes"))
+        folder = workdir / f"tiny-imagenet-{len(wnids)}-{_tag(wnids)}"
+        if not folder.exists():
+            synthetic.write_tiny_imagenet(folder, wnids, n_train=5, n_val=2, side=64)
+        return {"root": str(folder)}
+    return None
+
+
+def _smoke_dataset(ds: MutableMapping[str, Any], name: str, workdir: Path) -> None:
+    """Rewrite one dataset section in place (``name``: the dataset it resolves to)."""
+    found = write_smoke_data(name, ds, workdir)
+    if found is not None:
+        ds.update(found)
+        if name in ("affectnet", "tiny_imagenet"):
+            ds["size"] = min(int(ds.get("size") or SMOKE_SIZE), SMOKE_SIZE)
+            ds["stat_samples"] = 16
+        ds.pop("train_size", None)  # the tiny data may hold fewer examples
+    elif name in SMALL_TRAIN_SIZE:
+        size = ds.get("train_size")
+        small = SMALL_TRAIN_SIZE[name]
+        ds["train_size"] = small if size is None else min(int(size), small)
+
+
+def _dataset_section(section: Any) -> dict[str, Any] | None:
+    if isinstance(section, str):
+        return {"name": section}
+    return dict(section) if isinstance(section, Mapping) else None
+
+
+def _smoke_train(train: Any) -> dict[str, Any]:
+    out = dict(train) if isinstance(train, Mapping) else {}
+    out.update(SMOKE_TRAIN)
+    return out
+
+
+def _smoke_model(spec: MutableMapping[str, Any]) -> None:
+    """ResNet-18/34 with the ImageNet stem (4x downsampling): a full-resolution 32/48 px stem
+    makes a CPU step several times slower, and smoke runs test the plumbing, not the accuracy."""
+    model = spec.get("model")
+    model = {"name": model} if isinstance(model, str) else model
+    if isinstance(model, dict) and model.get("name") in IMAGENET_STEM:
+        spec["model"] = {**model, "small_stem": False}
+
+
+def _cut_grid(grid: Mapping[str, list[Any]], points: int) -> dict[str, list[Any]]:
+    """The grid cut to exactly ``points`` points (1, or 2 from the first group with 2 values)."""
+    out = {g: list(v[:1]) for g, v in grid.items()}
+    if points > 1:
+        for g, values in grid.items():
+            if len(values) >= points:
+                out[g] = list(values[:points])
+                break
+    return out
+
+
+def _smoke_controller(ctrl: MutableMapping[str, Any]) -> None:
+    kind = ctrl.get("type")
+    if kind == "ppo":
+        ctrl.update(PPO_KNOBS)
+    if kind in ("toggle", "periodic_random") and "every" in ctrl:
+        ctrl["every"] = 1
+
+
+def _smoke_surrogate(entry: MutableMapping[str, Any], search: str) -> None:
+    entry["ni_epochs"] = 1.0
+    entry.pop("max_iter_epochs", None)  # derived again: budget.periods × ni_epochs
+    if search == "sparseness_grid":
+        if "points" in entry and isinstance(entry["points"], list):
+            entry["points"] = entry["points"][:1]
+        else:
+            entry["n_p"], entry["n_lambda"] = 1, 1
+    else:
+        is_pso = search == "surrogate_pso" or entry.get("optimizer") == "pso"
+        entry["popsize"] = min(int(entry.get("popsize", 6)), 2 if is_pso else 4)
+        entry["executor"] = "serial"
+        entry["replicates"] = 1
+        entry.pop("cpus_per_candidate", None)
+        entry.pop("gpus_per_candidate", None)
+    solver = dict(entry.get("solver") or {})
+    solver.update(SOLVER)
+    entry["solver"] = solver
+    if "device" in entry:
+        entry["device"] = "cpu"
+
+
+def smoke_config(raw: Mapping[str, Any], workdir: str | Path) -> dict[str, Any]:
+    """A copy of the raw config ``raw`` that runs in seconds on a CPU (see the module doc).
+
+    Tiny data is written under ``workdir`` (created if missing; reused when already there).
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError("config", "must hold a mapping at the top level")
+    work = Path(workdir).expanduser().absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = copy.deepcopy(dict(raw))
+    if isinstance(data.get("name"), str):
+        data["name"] = f"{data['name']}-smoke"
+    mlflow = data.get("mlflow")
+    if isinstance(mlflow, dict) and isinstance(mlflow.get("experiment"), str):
+        mlflow["experiment"] = f"{mlflow['experiment']}-smoke"
+    seeds = data.get("seeds")
+    if isinstance(seeds, list) and seeds:
+        data["seeds"] = seeds[:1]
+
+    methods = data.get("methods") if isinstance(data.get("methods"), dict) else {}
+    searches = {
+        name: (e.get("search") or "controller") if isinstance(e, Mapping) else None
+        for name, e in methods.items()
+    }
+    trials = 2 if {"pbt", "pb2"} & set(searches.values()) else 1
+    budget = dict(data.get("budget") or {})
+    budget.update({"periods": SMOKE_PERIODS, "trials": trials})
+    data["budget"] = budget
+
+    base = data.get("base") if isinstance(data.get("base"), dict) else None
+    if base is None:
+        base = data["base"] = {}
+    base_ds = _dataset_section(base.get("dataset", "digits")) or {"name": "digits"}
+    original_ds = dict(base_ds)
+    _smoke_dataset(base_ds, str(base_ds.get("name", "digits")), work)
+    base["dataset"] = base_ds
+    base["train"] = _smoke_train(base.get("train"))
+    _smoke_model(base)
+
+    for name, entry in methods.items():
+        if not isinstance(entry, dict):
+            continue  # validation reports it
+        search = searches[name]
+        over = entry.get("base")
+        if isinstance(over, dict):
+            if "dataset" in over:
+                ds = _dataset_section(over["dataset"])
+                if ds is not None:  # the whole merged section: its name and classes decide
+                    ds = {**original_ds, **ds}
+                    _smoke_dataset(ds, str(ds.get("name", "digits")), work)
+                    over["dataset"] = ds
+            if "train" in over:
+                over["train"] = _smoke_train(over["train"])
+            if "model" in over:
+                _smoke_model(over)
+        if isinstance(entry.get("controller"), dict):
+            _smoke_controller(entry["controller"])
+        if search == "grid" and isinstance(entry.get("grid"), Mapping):
+            entry["grid"] = _cut_grid(entry["grid"], trials)
+        if search in ("pbt", "pb2"):
+            entry["perturbation_interval"] = 1
+        if search == "optuna":
+            entry["n_startup_trials"] = 1
+        if search in SURROGATE_SEARCHES:
+            _smoke_surrogate(entry, str(search))
+
+    tune = dict(data.get("tune") or {})
+    tune.update({"iteration_periods": 1, "checkpoint_every": SMOKE_PERIODS})
+    tune["resources"] = {"cpu": 1, "gpu": 0}
+    data["tune"] = tune
+    return data
+
+
+__all__ = ["SMOKE_PERIODS", "smoke_config", "write_smoke_data"]
