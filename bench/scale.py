@@ -3,9 +3,12 @@
 Starts ``launch/local_cluster.sh`` (a head + N worker raylets on this machine, token auth) and,
 unless ``--mlflow-uri`` is given, a real MLflow server on 127.0.0.1 (``launch/mlflow_server.sh``);
 then runs one method with 16, 32 and 64 short trials through the CLI (``run --address``) and
-prints, per count: wall time, trials per minute, the mean trial's own training time (Tune's
-``time_total_s``) and the overhead per trial (``wall × slots / trials − training``: scheduling,
-actor start, checkpoints, MLflow). The cost per trial should stay flat as the count grows.
+prints, per count: the CLI's wall time, the Tune span (first trial step started to last trial
+step ended, from the trials' own timestamps: no CLI/Ray start-up), trials per minute over that
+span, the mean trial's own training time (Tune's ``time_total_s``), the overhead per trial
+(``span × slots / trials − training``: scheduling, actor reuse, checkpoints, the driver-side
+MLflow writes) and how many MLflow trial runs hold every period exactly once. The cost per trial
+should stay flat as the count grows.
 Everything it starts is stopped by PID.
 
     .venv/bin/python bench/scale.py --workers 2 --counts 16 32 64
@@ -59,6 +62,20 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) 
             time.sleep(0.2)
 
 
+def _mlflow_trials(uri: str, experiment: str, periods: int) -> int:
+    """How many trial runs of ``experiment`` hold every period exactly once."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], "tags.`rp.kind` = 'trial'", max_results=5000)
+    ok = 0
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_f1")]
+        ok += steps == list(range(periods))
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2, help="worker raylets (1 CPU each)")
@@ -76,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = ["--dir", str(work / "c"), "--port", str(args.port),
                "--dashboard-port", str(args.port + 120)]  # fmt: skip
     server: subprocess.Popen[bytes] | None = None
-    rows = []
+    rows_out: list[tuple[Any, ...]] = []
     try:
         uri = args.mlflow_uri
         if uri is None:
@@ -106,13 +123,19 @@ def main(argv: list[str] | None = None) -> int:
                 env=env, check=True, cwd=work, stdout=subprocess.DEVNULL, timeout=3600,
             )  # fmt: skip
             wall = time.monotonic() - began
-            train = []
+            train, starts, ends = [], [], []
             for result in (work / "ray" / name).glob("**/result.json"):
-                lines = [x for x in result.read_text().splitlines() if x.strip()]
-                train.append(float(json.loads(lines[-1])["time_total_s"]))
+                rows = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
+                train.append(float(rows[-1]["time_total_s"]))
+                starts.append(rows[0]["rp_wall"] - rows[0]["time_this_iter_s"])
+                ends.append(rows[-1]["rp_wall"])
+            # the Tune span: first trial step started -> last trial step ended (no CLI start-up)
+            span = max(ends) - min(starts)
             mean_train = sum(train) / max(1, len(train))
-            per_trial = wall * args.workers / n
-            rows.append((n, wall, 60 * n / wall, mean_train, per_trial - mean_train))
+            per_trial = span * args.workers / n
+            logged = _mlflow_trials(uri, name, args.periods)
+            overhead = per_trial - mean_train
+            rows_out.append((n, wall, span, 60 * n / span, mean_train, overhead, logged))
             print(f"{n} trials: {wall:.1f} s", flush=True)
     finally:
         subprocess.run([script, "stop", *cluster], env=env, timeout=120, check=False)
@@ -120,10 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             os.killpg(server.pid, 15)
             server.wait(timeout=30)
     print(f"\n{args.workers} worker raylets x 1 CPU, {args.periods} periods x 10 steps per trial")
-    print("| trials | wall s | trials/min | train s/trial | overhead s/trial |")
-    print("|---:|---:|---:|---:|---:|")
-    for n, wall, tpm, tr, ov in rows:
-        print(f"| {n} | {wall:.1f} | {tpm:.1f} | {tr:.2f} | {ov:.2f} |")
+    print(
+        "| trials | CLI wall s | Tune span s | trials/min | train s/trial | overhead s/trial "
+        "| MLflow trial runs with every period once |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for n, wall, span, tpm, tr, ov, logged in rows_out:
+        print(f"| {n} | {wall:.1f} | {span:.1f} | {tpm:.0f} | {tr:.2f} | {ov:.2f} | {logged} |")
     return 0
 
 

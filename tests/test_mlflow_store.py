@@ -194,6 +194,7 @@ def test_finish_trial_summary_and_schedule(store: MlflowStore) -> None:
         store.log_step(run, int(rec["step"]), {k: v for k, v in rec.items() if k != "step"})
     store.log_exploit(run, 4, "t_00002", 7)
     summary = store.finish_trial(run, recs, "ok")
+    store.flush()  # finish_trial is queued behind the run's steps
 
     expected = {
         "best_val_f1": 0.70,
@@ -242,6 +243,7 @@ def test_finish_trial_from_history_and_statuses(store: MlflowStore) -> None:
         assert summary["best_val_f1"] == pytest.approx(0.70)
         assert summary["total_passes"] == pytest.approx(120.0)
         assert summary["n_exploits"] == 0
+    store.flush()
     diverged, error = (store.client.get_run(runs[s]) for s in ("diverged", "error"))
     assert (diverged.info.status, diverged.data.tags["rp.status"]) == ("FINISHED", "diverged")
     assert (error.info.status, error.data.tags["rp.status"]) == ("FAILED", "error")

@@ -106,6 +106,7 @@ class MlflowStore(DeliveryMixin):
         synchronous: bool = False,
         artifact_location: str | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
+        new_invocation: bool = False,
     ) -> None:
         self.tracking_uri = tracking_uri or default_tracking_uri()
         self.experiment_name = experiment_name
@@ -140,6 +141,11 @@ class MlflowStore(DeliveryMixin):
         self._events: dict[str, list[list[str]]] = {}
         self._summaries: dict[str, dict[str, float]] = {}
         self._closed: set[str] = set()
+        #: every run this store starts belongs to an invocation begun in this process (not a
+        #: --resume or a driver restart): create runs without searching for one to re-attach,
+        #: and know they hold no steps yet (a trial start costs one create_run + log_params)
+        self.new_invocation = new_invocation
+        self._fresh: set[str] = set()
 
     @property
     def experiment_id(self) -> str:
@@ -226,8 +232,13 @@ class MlflowStore(DeliveryMixin):
         flat = flatten(params)
         if self._online():
             try:
-                run_id, created = self._find_or_create(key, tags, flat, name)
+                run_id, created = self._find_or_create(
+                    key, tags, flat, name, search=not self.new_invocation
+                )
                 self._runs[key] = run_id
+                if created:
+                    self._fresh.add(run_id)
+                    self._last[run_id] = -1
                 return run_id, created
             except Exception as exc:
                 if not is_unreachable(exc):
@@ -240,16 +251,26 @@ class MlflowStore(DeliveryMixin):
         return ref, True
 
     def _find_or_create(
-        self, key: tuple[str, ...], tags: dict[str, str], flat: dict[str, str], name: str
+        self,
+        key: tuple[str, ...],
+        tags: dict[str, str],
+        flat: dict[str, str],
+        name: str,
+        search: bool = True,
     ) -> tuple[str, bool]:
         """Re-attach to the run with ``key``'s tags (reopened, missing params added), or create
-        it."""
-        filt = [f"tags.`rp.kind` = {_q(key[0])}", f"tags.`rp.invocation_id` = {_q(key[1])}"]
-        if len(key) > 2:
-            filt.append(f"tags.`{_ID_TAG[key[0]]}` = {_q(key[2])}")
-        found = self.client.search_runs(
-            [self.experiment_id], " and ".join(filt), max_results=1, order_by=["start_time ASC"]
-        )
+        it (``search=False``: create, the caller knows it cannot exist)."""
+        found = []
+        if search:
+            filt = [f"tags.`rp.kind` = {_q(key[0])}", f"tags.`rp.invocation_id` = {_q(key[1])}"]
+            if len(key) > 2:
+                filt.append(f"tags.`{_ID_TAG[key[0]]}` = {_q(key[2])}")
+            found = self.client.search_runs(
+                [self.experiment_id],
+                " and ".join(filt),
+                max_results=1,
+                order_by=["start_time ASC"],
+            )
         if found:
             run = found[0]
             run_id = run.info.run_id
@@ -373,6 +394,8 @@ class MlflowStore(DeliveryMixin):
     # ------------------------------------------------------------------ finishing
     def history_records(self, run_id: str) -> list[dict[str, float]]:
         """Per-step metric dicts (with ``step``) rebuilt from the run's metric histories."""
+        if run_id in self._fresh:
+            return []  # created by this store: nothing was logged before
         self.flush(strict=False)
         if is_placeholder(run_id) and self.spool.resolve(run_id) is None:
             return []
@@ -400,16 +423,22 @@ class MlflowStore(DeliveryMixin):
         """Log the summary metrics and ``schedule.csv``, set ``rp.status`` and end the run.
 
         ``records`` are the per-step metric dicts (each with ``step``); None reads them back
-        from MLflow. ``status``: ok | diverged (run FINISHED) | error (run FAILED).
+        from MLflow. ``status``: ok | diverged (run FINISHED) | error (run FAILED). Queued in
+        order behind the run's steps (``flush()`` before reading the run with another client);
+        returns the summary computed locally.
         """
         if status not in TRIAL_STATUSES:
             raise ValueError(
                 f"trial status must be one of {sorted(TRIAL_STATUSES)}, got {status!r}"
             )
-        self.flush(strict=False)
-        recs = self.history_records(run_id) if records is None else list(records)
+        if records is None:
+            self.flush(strict=False)
+            recs = self.history_records(run_id)
+        else:
+            recs = list(records)
         op = {"op": "finish_trial", "run": run_id, "records": recs, "status": status}
-        self._submit({**op, "ts": _now_ms()})
+        # in order after the run's queued steps, off the caller's (Tune's) thread
+        self._log_metrics({**op, "ts": _now_ms()})
         self._closed.add(run_id)
         if run_id in self._summaries:
             return self._summaries.pop(run_id)
@@ -443,8 +472,8 @@ class MlflowStore(DeliveryMixin):
         return any(f.path == name for f in self.client.list_artifacts(run_id))
 
     def set_tag(self, run_id: str, key: str, value: object) -> None:
-        """Set one tag (spooled like every write while the server is unreachable)."""
-        self._submit({"op": "log_batch", "run": run_id, "tags": {key: str(value)[:8000]}})
+        """Set one tag (queued in order with the run's steps; spooled while unreachable)."""
+        self._log_metrics({"op": "log_batch", "run": run_id, "tags": {key: str(value)[:8000]}})
 
     def log_artifacts_dir(self, run_id: str, local_dir: str, artifact_path: str) -> None:
         """Upload a local directory as artifacts (spooled by path while the server is down:

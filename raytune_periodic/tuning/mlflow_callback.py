@@ -57,13 +57,17 @@ class MlflowCallback(Callback):
         method_run_id: str,
         method: str,
         search: str,
+        new_invocation: bool = False,
     ) -> None:
+        """``new_invocation``: the invocation began in this process (not ``--resume``), so no
+        trial run can exist yet: trial starts create runs without searching MLflow."""
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.invocation_id = invocation_id
         self.method_run_id = method_run_id
         self.method = method
         self.search = search
+        self.new_invocation = new_invocation
         self._store: Any = None
         self._trials: dict[str, _TrialLog] = {}
 
@@ -71,6 +75,7 @@ class MlflowCallback(Callback):
         state = self.__dict__.copy()
         state["_store"] = None
         state["_trials"] = {}
+        state["new_invocation"] = False  # restored (Tuner.restore): re-attach to existing runs
         return state
 
     @property
@@ -78,7 +83,9 @@ class MlflowCallback(Callback):
         if self._store is None:
             from raytune_periodic.tracking import MlflowStore
 
-            self._store = MlflowStore(self.tracking_uri, self.experiment)
+            self._store = MlflowStore(
+                self.tracking_uri, self.experiment, new_invocation=self.new_invocation
+            )
         return self._store
 
     # ------------------------------------------------------------------ trial runs

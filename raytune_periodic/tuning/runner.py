@@ -188,7 +188,13 @@ def run_experiment(
                 continue
             random.seed(seeds[0])  # PBT's explore draws from Python's random module
             callback = MlflowCallback(
-                uri, cfg.mlflow_experiment, invocation_id, method_run, mname, method.search
+                uri,
+                cfg.mlflow_experiment,
+                invocation_id,
+                method_run,
+                mname,
+                method.search,
+                new_invocation=not resume,
             )
             if resume and tune.Tuner.can_restore(str(path)):
                 tuner = tune.Tuner.restore(
