@@ -290,3 +290,35 @@ def test_own_passes_and_helpers() -> None:
     }
     assert metric_key("value/l1[0]") == "value/l1_0_"
     assert schedule_csv([]).strip() == "step,period,epoch,train_loss,val_loss,train_f1,val_f1"
+
+
+def test_new_invocation_store_creates_without_searching_and_resume_reattaches(
+    uri: str, store: MlflowStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inv = uuid.uuid4().hex
+    inv_run, method_run, _ = _tree(store, inv)
+    fresh = MlflowStore(uri, EXPERIMENT, new_invocation=True)
+    searches: list[str] = []
+    real_search = fresh.client.search_runs
+
+    def spy(*args, **kwargs):
+        searches.append(args[1] if len(args) > 1 else kwargs.get("filter_string", ""))
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(fresh.client, "search_runs", spy)
+    run = fresh.start_trial(method_run, inv, "PD", "t_new", {"seed": 1}, {"seed": 1})
+    assert fresh.history_records(run) == []
+    for step in range(3):
+        assert fresh.log_step(run, step, {"period": step, "val_f1": 0.5 + step / 10})
+    fresh.finish_trial(run, None, "ok")  # reads its own steps back
+    fresh.close()
+    assert searches == []  # one create_run, no tag search, for a trial start
+    # a later process (--resume) re-attaches to the same run by its tags and skips logged steps
+    again = MlflowStore(uri, EXPERIMENT)
+    assert again.start_trial(method_run, inv, "PD", "t_new", {"seed": 1}, {"seed": 1}) == run
+    assert [int(r["step"]) for r in again.history_records(run)] == [0, 1, 2]
+    assert not again.log_step(run, 2, {"period": 2, "val_f1": 0.0})
+    again.close()
+    steps = [m.step for m in store.client.get_metric_history(run, "val_f1")]
+    assert steps == [0, 1, 2]
+    assert store.client.get_run(run).data.metrics["n_periods"] == 3

@@ -348,6 +348,7 @@ class MlflowStore(DeliveryMixin):
             _log.warning("run %s step %d: skipped non-numeric metrics %s", run_id, step, skipped)
         self._log_metrics({"op": "log_batch", "run": run_id, "metrics": batch, "step": step})
         self._last[run_id] = step
+        self._fresh.discard(run_id)  # has history now
         return True
 
     def log_exploit(self, run_id: str, step: int, donor_trial_id: str, donor_period: int) -> None:
@@ -361,6 +362,7 @@ class MlflowStore(DeliveryMixin):
         tags = {"rp.last_donor": str(donor_trial_id)}
         self._log_metrics({"op": "log_batch", "run": run_id, "metrics": metrics, "tags": tags})
         self._exploits[run_id] = self._exploits.get(run_id, 0) + 1
+        self._fresh.discard(run_id)
         row = [str(step), str(donor_trial_id), str(donor_period)]
         self.flush(strict=False)
         self._submit({"op": "exploit_event", "run": run_id, "row": row})
@@ -395,7 +397,7 @@ class MlflowStore(DeliveryMixin):
     def history_records(self, run_id: str) -> list[dict[str, float]]:
         """Per-step metric dicts (with ``step``) rebuilt from the run's metric histories."""
         if run_id in self._fresh:
-            return []  # created by this store: nothing was logged before
+            return []  # created by this store and nothing logged to it yet
         self.flush(strict=False)
         if is_placeholder(run_id) and self.spool.resolve(run_id) is None:
             return []
