@@ -17,7 +17,8 @@ Shape (every key optional unless marked)::
       PBT: {search: pbt, space: {dropout: [0.0, 0.7]}, perturbation_interval: 5}
     tune: {iteration_periods: 1, checkpoint_every: 5, max_concurrent: 0,
            resources: {cpu: 1, gpu: 0}, max_failures: 2, metric: objective, storage_path: null,
-           reuse_actors: true}        # false: a fresh worker process per trial (Ray places each)
+           reuse_actors: true,        # false: a fresh worker process per trial (Ray places each)
+           tensorboard: false}        # true: also Tune's TensorBoard logs (MLflow has it all)
     mlflow: {tracking_uri: null, experiment: null}
 
 Errors are ``ConfigError`` with the dotted field path; the CLI prints them as one line, exit 2.
@@ -54,6 +55,7 @@ TUNE_DEFAULTS: dict[str, Any] = {
     "num_cpus": None,
     "verbose": 1,
     "reuse_actors": True,
+    "tensorboard": False,
 }
 MLFLOW_DEFAULTS: dict[str, Any] = {"tracking_uri": None, "experiment": None}
 
@@ -183,6 +185,7 @@ def validate_config(data: Mapping[str, Any], check_data: bool = True) -> Experim
     if tune["num_cpus"] is not None:
         _int(tune["num_cpus"], "tune.num_cpus", 1)
     _expect(tune["reuse_actors"], bool, "tune.reuse_actors", "true or false")
+    _expect(tune["tensorboard"], bool, "tune.tensorboard", "true or false")
     if periods % tune["iteration_periods"]:
         raise ConfigError(
             "tune.iteration_periods",

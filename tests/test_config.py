@@ -149,6 +149,7 @@ BROKEN = [
     ),
     ("unknown metric", _set("tune", {"metric": "accuracy"}), "tune.metric"),
     ("reuse_actors not a bool", _set("tune", {"reuse_actors": "yes"}), "tune.reuse_actors"),
+    ("tensorboard not a bool", _set("tune", {"tensorboard": 1}), "tune.tensorboard"),
     ("unknown mlflow key", _set("mlflow", {"uri": "x"}), "mlflow.uri"),
     (
         "method base: unknown model",

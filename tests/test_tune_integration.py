@@ -206,3 +206,11 @@ def test_cli_run_and_compare_as_subprocesses(tmp_path: Path) -> None:
     )
     assert cmp_.returncode == 0, cmp_.stderr[-2000:]
     assert "BL" in cmp_.stdout and "PD" in cmp_.stdout
+
+
+def test_trial_dirs_have_result_json_and_csv_but_no_tensorboard(experiment: dict) -> None:
+    trial_dirs = {p.parent for p in Path(experiment["tmp"], "ray").glob("**/params.json")}
+    assert trial_dirs
+    for d in trial_dirs:
+        assert (d / "result.json").exists() and (d / "progress.csv").exists(), d
+        assert not list(d.glob("events.out.tfevents*")), d  # tune.tensorboard is off

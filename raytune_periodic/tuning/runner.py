@@ -63,6 +63,22 @@ def _param_space(cfg: ExperimentConfig, method: SearchMethod, seeds: list[int]) 
     return space
 
 
+def _file_loggers(cfg: ExperimentConfig) -> list[Any]:
+    """Tune's result.json and progress.csv per trial; TensorBoard files only on request.
+
+    Tune adds a CSV, a JSON and a TensorBoardX logger unless told otherwise; the TensorBoardX one
+    was the largest cost in Tune's driver loop after ours (bench/scale.py, py-spy) and MLflow
+    already holds every metric, so it is off unless ``tune.tensorboard: true``.
+    """
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # no loggers beyond these
+    loggers: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback()]
+    if cfg.tune["tensorboard"]:
+        loggers.append(TBXLoggerCallback())
+    return loggers
+
+
 def _tune_config(cfg: ExperimentConfig, method: SearchMethod, seed: int) -> dict[str, Any]:
     kwargs = method.tune_config(seed, cfg.tune["metric"])
     if method.search == "controller":
@@ -217,7 +233,7 @@ def run_experiment(
                     run_config=tune.RunConfig(
                         name=run_name,
                         storage_path=str(exp_dir),
-                        callbacks=[callback],
+                        callbacks=[callback, *_file_loggers(cfg)],
                         verbose=cfg.tune["verbose"],
                         progress_reporter=_reporter(method, seeds),
                         failure_config=tune.FailureConfig(max_failures=cfg.tune["max_failures"]),
