@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2, help="worker raylets (1 CPU each)")
     ap.add_argument("--counts", type=int, nargs="+", default=[16, 32, 64])
+    ap.add_argument("--repeats", type=int, default=3, help="rounds over the counts (medians)")
     ap.add_argument("--periods", type=int, default=5)
     ap.add_argument("--port", type=int, default=6490, help="head GCS port")
     ap.add_argument("--mlflow-uri", help="use this tracking server instead of starting one")
@@ -111,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             [script, "start", "--workers", str(args.workers), "--cpus", "1", "--head-cpus", "0",
              *cluster], env=env, check=True, timeout=300,
         )  # fmt: skip
-        for n in args.counts:
-            name = f"scale{n}"
+        for n, rep in [(n, r) for r in range(args.repeats) for n in args.counts]:
+            name = f"scale{n}-{rep}"
             cfg = work / f"{name}.yaml"
             cfg.write_text(yaml.safe_dump(_config(name, n, args.periods)))
             began = time.monotonic()
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             logged = _mlflow_trials(uri, name, args.periods)
             overhead = per_trial - mean_train
             rows_out.append((n, wall, span, 60 * n / span, mean_train, overhead, logged))
-            print(f"{n} trials: {wall:.1f} s", flush=True)
+            print(f"{n} trials (round {rep + 1}): span {span:.1f} s", flush=True)
     finally:
         subprocess.run([script, "stop", *cluster], env=env, timeout=120, check=False)
         if server is not None and server.poll() is None:
@@ -148,8 +150,18 @@ def main(argv: list[str] | None = None) -> int:
         "| MLflow trial runs with every period once |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|")
-    for n, wall, span, tpm, tr, ov, logged in rows_out:
+    for n in args.counts:
+        runs = [r for r in rows_out if r[0] == n]
+        med = [statistics.median(r[i] for r in runs) for i in range(1, 6)]
+        logged = min(r[6] for r in runs)
+        wall, span, tpm, tr, ov = med
         print(f"| {n} | {wall:.1f} | {span:.1f} | {tpm:.0f} | {tr:.2f} | {ov:.2f} | {logged} |")
+    per = {n: statistics.median(r[5] for r in rows_out if r[0] == n) for n in args.counts}
+    lo, hi = min(args.counts), max(args.counts)
+    print(
+        f"\nmedians of {args.repeats} rounds; overhead per trial {hi} vs {lo} trials: "
+        f"{per[hi] / per[lo]:.2f}x; MLflow column: the fewest complete runs over the rounds"
+    )
     return 0
 
 
