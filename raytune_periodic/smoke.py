@@ -53,20 +53,32 @@ def _tag(names: list[str]) -> str:
     return f"{zlib.crc32(','.join(names).encode()):08x}"
 
 
-def _affectnet_classes(classes: Any) -> list[str]:
+def _class_names(classes: Any, numbered: Any, default: list[str]) -> list[str]:
+    """The class folders a folder dataset's ``classes`` option asks for (a list, or a count)."""
     if isinstance(classes, list | tuple) and classes:
         return [str(c) for c in classes]
     if isinstance(classes, int) and not isinstance(classes, bool) and classes >= 2:
-        return [str(k) for k in range(classes)]  # numeric folders, as AffectNet's labels
-    return list(synthetic.AFFECTNET_EMOTIONS)
+        return numbered(classes)
+    return default
 
 
-def _tiny_imagenet_wnids(classes: Any) -> list[str]:
-    if isinstance(classes, list | tuple) and classes:
-        return [str(c) for c in classes]
-    if isinstance(classes, int) and not isinstance(classes, bool) and classes >= 2:
-        return synthetic.tiny_imagenet_wnids(classes)
-    return synthetic.tiny_imagenet_wnids(3)
+#: folder-layout datasets: folder prefix, names for a class count, default names, writer, sizes
+_FOLDER_SETS: dict[str, tuple[str, Any, Any, Any, dict[str, int]]] = {
+    "affectnet": (
+        "affectnet",
+        lambda n: [str(k) for k in range(n)],  # numeric folders, as AffectNet's labels
+        lambda: list(synthetic.AFFECTNET_EMOTIONS),
+        synthetic.write_affectnet,
+        {"n_train": 6, "n_val": 2, "side": 32},
+    ),
+    "tiny_imagenet": (
+        "tiny-imagenet",
+        synthetic.tiny_imagenet_wnids,
+        lambda: synthetic.tiny_imagenet_wnids(3),
+        synthetic.write_tiny_imagenet,
+        {"n_train": 5, "n_val": 2, "side": 64},
+    ),
+}
 
 
 def write_smoke_data(name: str, opts: Mapping[str, Any], workdir: Path) -> dict[str, Any] | None:
@@ -87,17 +99,12 @@ def write_smoke_data(name: str, opts: Mapping[str, Any], workdir: Path) -> dict[
         if not path.exists():
             synthetic.write_fer2013_csv(path, counts=(56, 14, 14))
         return {"root": str(path)}
-    if name == "affectnet":
-        classes = _affectnet_classes(opts.get("classes"))
-        folder = workdir / f"affectnet-{len(classes)}-{_tag(classes)}"
+    if name in _FOLDER_SETS:
+        prefix, numbered, default, write, sizes = _FOLDER_SETS[name]
+        names = _class_names(opts.get("classes"), numbered, default())
+        folder = workdir / f"{prefix}-{len(names)}-{_tag(names)}"
         if not folder.exists():
-            synthetic.write_affectnet(folder, classes, n_train=6, n_val=2, side=32)
-        return {"root": str(folder)}
-    if name == "tiny_imagenet":
-        wnids = _tiny_imagenet_wnids(opts.get("classes"))
-        folder = workdir / f"tiny-imagenet-{len(wnids)}-{_tag(wnids)}"
-        if not folder.exists():
-            synthetic.write_tiny_imagenet(folder, wnids, n_train=5, n_val=2, side=64)
+            write(folder, names, **sizes)
         return {"root": str(folder)}
     return None
 
