@@ -25,7 +25,8 @@ Metric = _entities.Metric
 RunTag = _entities.RunTag
 
 _log = logging.getLogger(__name__)
-KIND_TRIAL = "trial"
+#: the run kinds of the layout (``rp.kind``); spooled ``reopen`` operations carry one
+KIND_INVOCATION, KIND_METHOD, KIND_TRIAL = "invocation", "method", "trial"
 
 
 class DeliveryMixin:

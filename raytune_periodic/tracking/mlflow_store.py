@@ -43,7 +43,12 @@ from raytune_periodic.tracking import (
     summarize,
     yaml_text,
 )
-from raytune_periodic.tracking.delivery import DeliveryMixin
+from raytune_periodic.tracking.delivery import (
+    KIND_INVOCATION,
+    KIND_METHOD,
+    KIND_TRIAL,
+    DeliveryMixin,
+)
 from raytune_periodic.tracking.spool import (
     Spool,
     is_placeholder,
@@ -60,7 +65,6 @@ RunTag = _entities.RunTag
 _log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
-KIND_INVOCATION, KIND_METHOD, KIND_TRIAL = "invocation", "method", "trial"
 TRIAL_STATUSES = {"ok": "FINISHED", "diverged": "FINISHED", "error": "FAILED"}
 PBT_EVENTS_FILE = "pbt_events.csv"
 _ID_TAG = {KIND_METHOD: "rp.method", KIND_TRIAL: "rp.trial_id"}
