@@ -15,6 +15,20 @@ from typing import Any
 
 from raytune_periodic._imports import require
 from raytune_periodic.errors import ConfigError
+from raytune_periodic.protocol.mlflow_layout import (
+    KIND_INVOCATION,
+    KIND_METHOD,
+    KIND_TRIAL,
+    TAG_INVOCATION,
+    TAG_KIND,
+    TAG_METHOD,
+    TAG_SEARCH,
+    TAG_SEED,
+    TAG_STATUS,
+    TAG_TRIAL,
+    VALUE_PREFIX,
+    tag_filter,
+)
 from raytune_periodic.tracking import (
     COST_KEYS,
     SUMMARY_KEYS,
@@ -55,7 +69,9 @@ class TrialData:
 
     @property
     def value_names(self) -> list[str]:
-        return sorted(k.removeprefix("value/") for k in self.history if k.startswith("value/"))
+        return sorted(
+            k.removeprefix(VALUE_PREFIX) for k in self.history if k.startswith(VALUE_PREFIX)
+        )
 
 
 @dataclass
@@ -106,14 +122,14 @@ def load_experiment(
             f"found: {', '.join(names) or 'none'}",
         )
     eid = exp.experiment_id
-    invocation = _pick_invocation(_search(client, eid, "invocation"), invocation_id)
-    inv_id = invocation.data.tags["rp.invocation_id"]
+    invocation = _pick_invocation(_search(client, eid, KIND_INVOCATION), invocation_id)
+    inv_id = invocation.data.tags[TAG_INVOCATION]
     methods: dict[str, MethodData] = {}
-    for run in _search(client, eid, "method", inv_id):
-        name = run.data.tags.get("rp.method", run.info.run_name)
-        search = run.data.tags.get("rp.search", "")
+    for run in _search(client, eid, KIND_METHOD, inv_id):
+        name = run.data.tags.get(TAG_METHOD, run.info.run_name)
+        search = run.data.tags.get(TAG_SEARCH, "")
         methods[name] = MethodData(name, search, run.info.run_id, dict(run.data.params))
-    for run in _search(client, eid, "trial", inv_id):
+    for run in _search(client, eid, KIND_TRIAL, inv_id):
         trial = _trial(client, run)
         if trial.method not in methods:  # its method run is missing: keep the trial anyway
             methods[trial.method] = MethodData(trial.method, "", None, {})
@@ -132,10 +148,13 @@ def load_experiment(
 
 
 def _search(client: Any, eid: str, kind: str, invocation_id: str | None = None) -> list[Any]:
-    filt = f"tags.`rp.kind` = '{kind}'"
-    if invocation_id is not None:
-        filt += " and tags.`rp.invocation_id` = '" + invocation_id.replace("'", "\\'") + "'"
-    order = "DESC" if kind == "invocation" else "ASC"
+    tags = (
+        {TAG_KIND: kind}
+        if invocation_id is None
+        else {TAG_KIND: kind, TAG_INVOCATION: invocation_id}
+    )
+    filt = tag_filter(tags)
+    order = "DESC" if kind == KIND_INVOCATION else "ASC"
     runs: list[Any] = []
     token = None
     while True:
@@ -149,7 +168,7 @@ def _search(client: Any, eid: str, kind: str, invocation_id: str | None = None) 
 
 
 def _pick_invocation(runs: Sequence[Any], invocation_id: str | None) -> Any:
-    ids = [r.data.tags.get("rp.invocation_id", "") for r in runs]
+    ids = [r.data.tags.get(TAG_INVOCATION, "") for r in runs]
     if not runs:
         raise ConfigError("invocation", "no raytune-periodic invocation runs in this experiment")
     if invocation_id is None:
@@ -165,7 +184,7 @@ def _pick_invocation(runs: Sequence[Any], invocation_id: str | None) -> Any:
 def _trial(client: Any, run: Any) -> TrialData:
     tags, metrics = dict(run.data.tags), dict(run.data.metrics)
     has_summary = "n_periods" in metrics
-    keys = {k for k in metrics if k.startswith("value/")} | set(PLOT_KEYS)
+    keys = {k for k in metrics if k.startswith(VALUE_PREFIX)} | set(PLOT_KEYS)
     if not has_summary:
         keys |= set(SUMMARY_INPUTS) | {"exploited"}
     history: dict[str, dict[int, float]] = {}
@@ -180,13 +199,13 @@ def _trial(client: Any, run: Any) -> TrialData:
         summary = summarize(records, n_exploits=len(history.get("exploited", {})))
     return TrialData(
         run_id=run.info.run_id,
-        trial_id=tags.get("rp.trial_id", run.info.run_name),
-        method=tags.get("rp.method", "?"),
-        status=tags.get("rp.status", "running"),
+        trial_id=tags.get(TAG_TRIAL, run.info.run_name),
+        method=tags.get(TAG_METHOD, "?"),
+        status=tags.get(TAG_STATUS, "running"),
         params=dict(run.data.params),
         tags=tags,
         summary=summary,
-        history={k: v for k, v in history.items() if k in PLOT_KEYS or k.startswith("value/")},
+        history={k: v for k, v in history.items() if k in PLOT_KEYS or k.startswith(VALUE_PREFIX)},
     )
 
 
@@ -267,7 +286,7 @@ def method_table(data: ExperimentData) -> Any:
                 # Table 5's cost unit: trainings of the original network; a period-engine
                 # trial is one, surrogate methods report theirs (surrogate work by FLOPs)
                 "t_ori_per_seed": sum(t.summary.get("cost_t_ori", 1.0) for t in method.trials)
-                / max(len({t.tags.get("rp.seed", "?") for t in method.trials}), 1),
+                / max(len({t.tags.get(TAG_SEED, "?") for t in method.trials}), 1),
             }
         )
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
@@ -280,7 +299,7 @@ def _selected(trials: Sequence[TrialData], pd: Any) -> tuple[Any, Any]:
         score = t.summary.get("best_val_f1", math.nan)
         if not is_finite(score):
             continue
-        seed = t.tags.get("rp.seed", "?")
+        seed = t.tags.get(TAG_SEED, "?")
         if seed not in best or score > best[seed].summary["best_val_f1"]:
             best[seed] = t
     chosen = [best[s] for s in sorted(best)]

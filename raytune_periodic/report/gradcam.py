@@ -28,6 +28,8 @@ from torch import nn
 
 from raytune_periodic._imports import require
 from raytune_periodic.errors import ConfigError
+from raytune_periodic.protocol.mlflow_layout import TAG_METHOD, TAG_TRIAL
+from raytune_periodic.protocol.trial_results import ENGINE_FILE
 from raytune_periodic.report.replay import (
     CHECKPOINT_TAG,
     client_for,
@@ -36,7 +38,6 @@ from raytune_periodic.report.replay import (
     trial_run_spec,
 )
 
-CHECKPOINT_FILE = "engine.pt"  # tuning.trainable.CHECKPOINT_FILE (not imported: that pulls Ray)
 DEFAULT_IMAGES = (0, 1, 2, 3)
 
 
@@ -54,17 +55,17 @@ class CamRun:
 def find_checkpoint(client: Any, run: Any) -> Path:
     """The directory of the trial's last checkpoint (see the module docstring)."""
     tagged = run.data.tags.get(CHECKPOINT_TAG)
-    if tagged and (Path(tagged) / CHECKPOINT_FILE).is_file():
+    if tagged and (Path(tagged) / ENGINE_FILE).is_file():
         return Path(tagged)
     tdir = trial_dir(client, run)
     if tdir is None:
         raise ConfigError(
             "run_id",
             f"run {run.info.run_id}: no checkpoint found (no {CHECKPOINT_TAG} tag and no Tune "
-            f"trial dir for trial {run.data.tags.get('rp.trial_id')!r} under the invocation's "
+            f"trial dir for trial {run.data.tags.get(TAG_TRIAL)!r} under the invocation's "
             "rp.storage_path)",
         )
-    ckpts = [p for p in tdir.glob("checkpoint_*") if (p / CHECKPOINT_FILE).is_file()]
+    ckpts = [p for p in tdir.glob("checkpoint_*") if (p / ENGINE_FILE).is_file()]
     if not ckpts:
         raise ConfigError("run_id", f"run {run.info.run_id}: no checkpoint_*/engine.pt in {tdir}")
     return max(ckpts, key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
@@ -97,12 +98,12 @@ def load_run(client: Any, run_id: str, label: str | None = None) -> CamRun:
     target_layer(model, f"model {name!r}")
     regs = insert_regularizers(model, spec.regularizers)
     ckpt = find_checkpoint(client, run)
-    state = torch.load(ckpt / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt / ENGINE_FILE, map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
     if state.get("regularizer_values"):
         regs.set_values(state["regularizer_values"])
     model.eval()
-    return CamRun(label or run.data.tags.get("rp.method", run_id), run_id, model, data, ckpt)
+    return CamRun(label or run.data.tags.get(TAG_METHOD, run_id), run_id, model, data, ckpt)
 
 
 def best_runs(

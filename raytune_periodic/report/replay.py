@@ -25,11 +25,20 @@ from typing import Any
 
 from raytune_periodic._imports import require
 from raytune_periodic.errors import ConfigError
+from raytune_periodic.protocol.mlflow_layout import (
+    KIND_INVOCATION,
+    TAG_CHECKPOINT_PATH,
+    TAG_INVOCATION,
+    TAG_KIND,
+    TAG_STORAGE_PATH,
+    TAG_TRIAL,
+    VALUE_PREFIX,
+    tag_filter,
+)
 from raytune_periodic.tracking import default_tracking_uri, is_finite, sqlite_path
 
-VALUE_PREFIX = "value/"
 #: tag a trial run may carry with its last checkpoint's directory (preferred when present)
-CHECKPOINT_TAG = "rp.checkpoint_path"
+CHECKPOINT_TAG = TAG_CHECKPOINT_PATH
 #: trial-run params that are not part of the run spec (mlflow_callback adds them)
 _EXTRA_PARAMS = ("method", "search", "seed")
 
@@ -52,7 +61,7 @@ def get_trial_run(client: Any, run_id: str) -> Any:
         raise ConfigError(
             "run_id", f"no MLflow run {run_id!r}: {str(exc).splitlines()[0]}"
         ) from None
-    kind = run.data.tags.get("rp.kind")
+    kind = run.data.tags.get(TAG_KIND)
     if kind != "trial":
         raise ConfigError(
             "run_id", f"run {run_id} is a {kind or 'non-raytune-periodic'} run, not a trial"
@@ -134,14 +143,12 @@ def replay(
 # ----------------------------------------------------------------------------- trial specs
 def invocation_storage(client: Any, run: Any) -> Path | None:
     """The Tune storage directory of the trial's invocation (tag ``rp.storage_path``)."""
-    inv_id = run.data.tags.get("rp.invocation_id")
+    inv_id = run.data.tags.get(TAG_INVOCATION)
     if not inv_id:
         return None
-    filt = "tags.`rp.kind` = 'invocation' and tags.`rp.invocation_id` = '{}'".format(
-        inv_id.replace("'", "\\'")
-    )
+    filt = tag_filter({TAG_KIND: KIND_INVOCATION, TAG_INVOCATION: inv_id})
     found = client.search_runs([run.info.experiment_id], filt, max_results=1)
-    path = found[0].data.tags.get("rp.storage_path") if found else None
+    path = found[0].data.tags.get(TAG_STORAGE_PATH) if found else None
     return Path(path) if path else None
 
 
@@ -152,7 +159,7 @@ def trial_dir(client: Any, run: Any) -> Path | None:
     trial id is unique within an invocation's storage directory.
     """
     storage = invocation_storage(client, run)
-    trial_id = run.data.tags.get("rp.trial_id")
+    trial_id = run.data.tags.get(TAG_TRIAL)
     if storage is None or not trial_id or not storage.is_dir():
         return None
     pattern = glob.escape(str(storage)) + "/*/*_" + glob.escape(trial_id)

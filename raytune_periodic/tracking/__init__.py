@@ -10,13 +10,20 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
+
+from raytune_periodic.protocol.mlflow_layout import (  # noqa: F401  (re-exported)
+    COST_KEYS,
+    SCHEDULE_ARTIFACT,
+    SUMMARY_KEYS,
+    VALUE_PREFIX,
+    default_tracking_uri,
+)
 
 if TYPE_CHECKING:
     from raytune_periodic.tracking.mlflow_store import MlflowStore
@@ -36,24 +43,6 @@ __all__ = [
     "yaml_text",
 ]
 
-#: cumulative cost counters some methods report per step (surrogate HPO); the last value is kept
-COST_KEYS = ("cost/t_ori", "cost/original_trainings", "cost/surrogate_trainings", "cost/cpu_s")
-
-SUMMARY_KEYS = (
-    "cost_t_ori",
-    "cost_original_trainings",
-    "cost_surrogate_trainings",
-    "cost_cpu_s",
-    "best_val_f1",
-    "test_f1_at_best",
-    "final_gap",
-    "final_val_f1",
-    "final_test_f1",
-    "trial_seconds",
-    "total_passes",
-    "n_periods",
-    "n_exploits",
-)
 SCHEDULE_HEAD = ("step", "period", "epoch")
 SCHEDULE_TAIL = ("train_loss", "val_loss", "train_f1", "val_f1")
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
@@ -65,11 +54,6 @@ def __getattr__(name: str) -> Any:
 
         return MlflowStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlflow.db`` (MLflow's default)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -167,7 +151,7 @@ def own_passes(records: Sequence[Mapping[str, float]]) -> float:
 def schedule_csv(records: Sequence[Mapping[str, float]]) -> str:
     """``schedule.csv``: one row per step: step, period, epoch, each value/*, losses and F1s."""
     recs = sorted(records, key=lambda r: r.get("step", 0))
-    values = sorted({k for r in recs for k in r if k.startswith("value/")})
+    values = sorted({k for r in recs for k in r if k.startswith(VALUE_PREFIX)})
     cols = [*SCHEDULE_HEAD, *values, *SCHEDULE_TAIL]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -18,6 +18,12 @@ import time
 from typing import Any
 
 from raytune_periodic._imports import require
+from raytune_periodic.protocol.mlflow_layout import (  # noqa: F401  (KIND_*: re-exported)
+    KIND_INVOCATION,
+    KIND_METHOD,
+    KIND_TRIAL,
+    TAG_STATUS,
+)
 from raytune_periodic.tracking.spool import Spool, is_placeholder, is_unreachable
 
 _entities = require("mlflow.entities")
@@ -25,8 +31,6 @@ Metric = _entities.Metric
 RunTag = _entities.RunTag
 
 _log = logging.getLogger(__name__)
-#: the run kinds of the layout (``rp.kind``); spooled ``reopen`` operations carry one
-KIND_INVOCATION, KIND_METHOD, KIND_TRIAL = "invocation", "method", "trial"
 
 
 class DeliveryMixin:
@@ -149,7 +153,7 @@ class DeliveryMixin:
         elif kind == "reopen":
             self.client.update_run(run_id, status="RUNNING")
             if op["kind"] == KIND_TRIAL:
-                self.client.set_tag(run_id, "rp.status", "running")
+                self.client.set_tag(run_id, TAG_STATUS, "running")
         else:
             raise ValueError(f"unknown spooled operation {kind!r}")
 

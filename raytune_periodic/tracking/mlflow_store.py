@@ -33,6 +33,18 @@ from pathlib import Path
 from typing import Any
 
 from raytune_periodic._imports import require
+from raytune_periodic.protocol.mlflow_layout import (
+    CONFIG_ARTIFACT,
+    PBT_EVENTS_ARTIFACT,
+    TAG_INVOCATION,
+    TAG_KIND,
+    TAG_LAST_DONOR,
+    TAG_METHOD,
+    TAG_SEARCH,
+    TAG_STATUS,
+    TAG_TRIAL,
+    tag_filter,
+)
 from raytune_periodic.tracking import (
     SUMMARY_KEYS,
     default_tracking_uri,
@@ -66,8 +78,7 @@ _log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_STATUSES = {"ok": "FINISHED", "diverged": "FINISHED", "error": "FAILED"}
-PBT_EVENTS_FILE = "pbt_events.csv"
-_ID_TAG = {KIND_METHOD: "rp.method", KIND_TRIAL: "rp.trial_id"}
+_ID_TAG = {KIND_METHOD: TAG_METHOD, KIND_TRIAL: TAG_TRIAL}
 # MLflow's defaults retry a refused connection 7 times with exponential backoff (minutes).
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
@@ -83,10 +94,6 @@ def _rp_tags(tags: Mapping[str, object] | None) -> dict[str, str]:
         full = key if key.startswith(("rp.", "mlflow.")) else f"rp.{key}"
         out[full] = str(val)[:8000]
     return out
-
-
-def _q(value: str) -> str:
-    return "'" + str(value).replace("'", "\\'") + "'"
 
 
 def _now_ms() -> int:
@@ -173,13 +180,13 @@ class MlflowStore(DeliveryMixin):
         tags: Mapping[str, object] | None = None,
     ) -> str:
         """The invocation run (re-attached, status RUNNING again, if ``invocation_id`` exists)."""
-        all_tags = {**_rp_tags(tags), "rp.kind": KIND_INVOCATION, "rp.invocation_id": invocation_id}
+        all_tags = {**_rp_tags(tags), TAG_KIND: KIND_INVOCATION, TAG_INVOCATION: invocation_id}
         run_id, created = self._get_or_create(
             (KIND_INVOCATION, invocation_id), all_tags, params, f"invocation-{invocation_id[:8]}"
         )
-        if created or is_placeholder(run_id) or not self._has_artifact(run_id, "config.yaml"):
+        if created or is_placeholder(run_id) or not self._has_artifact(run_id, CONFIG_ARTIFACT):
             text = config if isinstance(config, str) else yaml_text(config)
-            self._submit({"op": "log_text", "run": run_id, "text": text, "path": "config.yaml"})
+            self._submit({"op": "log_text", "run": run_id, "text": text, "path": CONFIG_ARTIFACT})
         return run_id
 
     def start_method(
@@ -193,10 +200,10 @@ class MlflowStore(DeliveryMixin):
         """The method run, a child of the invocation run; idempotent by (invocation, method)."""
         tags = {
             PARENT_TAG: invocation_run_id,
-            "rp.kind": KIND_METHOD,
-            "rp.method": method,
-            "rp.invocation_id": invocation_id,
-            "rp.search": search,
+            TAG_KIND: KIND_METHOD,
+            TAG_METHOD: method,
+            TAG_INVOCATION: invocation_id,
+            TAG_SEARCH: search,
         }
         return self._get_or_create((KIND_METHOD, invocation_id, method), tags, params, method)[0]
 
@@ -216,11 +223,11 @@ class MlflowStore(DeliveryMixin):
         all_tags = {
             **_rp_tags(tags),
             PARENT_TAG: method_run_id,
-            "rp.kind": KIND_TRIAL,
-            "rp.method": method,
-            "rp.trial_id": trial_id,
-            "rp.invocation_id": invocation_id,
-            "rp.status": "running",
+            TAG_KIND: KIND_TRIAL,
+            TAG_METHOD: method,
+            TAG_TRIAL: trial_id,
+            TAG_INVOCATION: invocation_id,
+            TAG_STATUS: "running",
         }
         key = (KIND_TRIAL, invocation_id, trial_id)
         return self._get_or_create(key, all_tags, params, f"{method}-{trial_id}")[0]
@@ -266,9 +273,9 @@ class MlflowStore(DeliveryMixin):
         it (``search=False``: create, the caller knows it cannot exist)."""
         found = []
         if search:
-            filt = [f"tags.`rp.kind` = {_q(key[0])}", f"tags.`rp.invocation_id` = {_q(key[1])}"]
+            filt = [tag_filter({TAG_KIND: key[0], TAG_INVOCATION: key[1]})]
             if len(key) > 2:
-                filt.append(f"tags.`{_ID_TAG[key[0]]}` = {_q(key[2])}")
+                filt.append(tag_filter({_ID_TAG[key[0]]: key[2]}))
             found = self.client.search_runs(
                 [self.experiment_id],
                 " and ".join(filt),
@@ -363,7 +370,7 @@ class MlflowStore(DeliveryMixin):
             ["exploited", 1.0, ts, step],
             ["exploit_donor_period", float(donor_period), ts, step],
         ]
-        tags = {"rp.last_donor": str(donor_trial_id)}
+        tags = {TAG_LAST_DONOR: str(donor_trial_id)}
         self._log_metrics({"op": "log_batch", "run": run_id, "metrics": metrics, "tags": tags})
         self._exploits[run_id] = self._exploits.get(run_id, 0) + 1
         self._fresh.discard(run_id)
@@ -382,12 +389,12 @@ class MlflowStore(DeliveryMixin):
         csv.writer(buf, lineterminator="\n").writerows(
             [["step", "donor_trial_id", "donor_period"], *self._events[run_id]]
         )
-        self.client.log_text(run_id, buf.getvalue(), PBT_EVENTS_FILE)
+        self.client.log_text(run_id, buf.getvalue(), PBT_EVENTS_ARTIFACT)
 
     def _read_events(self, run_id: str) -> list[list[str]]:
-        if not self._has_artifact(run_id, PBT_EVENTS_FILE):
+        if not self._has_artifact(run_id, PBT_EVENTS_ARTIFACT):
             return []
-        path = self.client.download_artifacts(run_id, PBT_EVENTS_FILE)
+        path = self.client.download_artifacts(run_id, PBT_EVENTS_ARTIFACT)
         rows = list(csv.reader(Path(path).read_text().splitlines()))
         return rows[1:]
 
@@ -459,7 +466,7 @@ class MlflowStore(DeliveryMixin):
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()],
-            tags=[RunTag("rp.status", status)],
+            tags=[RunTag(TAG_STATUS, status)],
             synchronous=True,
         )
         self.client.log_text(run_id, schedule_csv(recs), "schedule.csv")

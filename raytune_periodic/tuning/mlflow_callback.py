@@ -21,19 +21,22 @@ from typing import Any
 
 from ray.tune import Callback
 
+from raytune_periodic.protocol import trial_results as R
+from raytune_periodic.protocol.mlflow_layout import (
+    PARAM_METHOD,
+    PARAM_SEARCH,
+    PARAM_SEED,
+    TAG_CHECKPOINT_PATH,
+    TAG_CONTROLLER,
+    TAG_DATASET,
+    TAG_MODEL,
+    TAG_REPLICATE,
+    TAG_SEARCH,
+    TAG_SEED,
+)
+from raytune_periodic.protocol.trial_results import AGENT_DIR
 from raytune_periodic.records import STATUS_DIVERGED, STATUS_OK
-from raytune_periodic.tuning.trainable import AGENT_DIR, trial_spec
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists become their string form."""
-    out: dict[str, Any] = {}
-    if isinstance(data, dict):
-        for key, value in data.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-    else:
-        out[prefix[:-1]] = data
-    return out
+from raytune_periodic.tuning.trainable import trial_spec
 
 
 @dataclass
@@ -97,15 +100,19 @@ class MlflowCallback(Callback):
         rp = config["rp"]
         spec = trial_spec(config)
         static = {k: v for k, v in spec.items() if k != "controller" or not config.get("values")}
-        params = flatten(static)
-        params.update({"method": self.method, "search": self.search, "seed": rp["seed"]})
+        params = {
+            **static,
+            PARAM_METHOD: self.method,
+            PARAM_SEARCH: self.search,
+            PARAM_SEED: rp["seed"],
+        }
         tags = {
-            "rp.controller": str(spec["controller"].get("type", "constant")),
-            "rp.search": self.search,
-            "rp.dataset": str(spec["dataset"]["name"]),
-            "rp.model": str(spec["model"]["name"]),
-            "rp.seed": str(rp["seed"]),
-            "rp.replicate": str(rp.get("replicate", 0)),
+            TAG_CONTROLLER: str(spec["controller"].get("type", "constant")),
+            TAG_SEARCH: self.search,
+            TAG_DATASET: str(spec["dataset"]["name"]),
+            TAG_MODEL: str(spec["model"]["name"]),
+            TAG_SEED: str(rp["seed"]),
+            TAG_REPLICATE: str(rp.get("replicate", 0)),
         }
         run_id = self.store.start_trial(
             self.method_run_id, self.invocation_id, self.method, trial.trial_id, params, tags
@@ -126,14 +133,14 @@ class MlflowCallback(Callback):
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
         log = self._trial(trial)
-        records = json.loads(result.get("rp_records") or "[]")
-        donor = result.get("rp_donor_trial")
+        records = json.loads(result.get(R.RECORDS) or "[]")
+        donor = result.get(R.DONOR_TRIAL)
         for i, rec in enumerate(records):
             period = int(rec["period"])
             if donor is not None and i == 0:
                 log.offset = log.last_step + 1 - period
                 self.store.log_exploit(
-                    log.run_id, log.last_step + 1, str(donor), int(result["rp_donor_period"])
+                    log.run_id, log.last_step + 1, str(donor), int(result[R.DONOR_PERIOD])
                 )
             step = period + log.offset
             if step <= log.last_step:
@@ -141,7 +148,7 @@ class MlflowCallback(Callback):
             self.store.log_step(log.run_id, step, rec)
             log.last_step = step
             log.records.append({**rec, "step": float(step)})
-        if result.get("rp_status") == STATUS_DIVERGED:
+        if result.get(R.STATUS) == STATUS_DIVERGED:
             log.status = STATUS_DIVERGED
 
     def _finish(self, trial: Any, status: str) -> None:
@@ -151,7 +158,7 @@ class MlflowCallback(Callback):
         final = log.status if status == STATUS_OK else status
         checkpoint = getattr(getattr(trial, "checkpoint", None), "path", None)
         if checkpoint is not None:  # where reports (Grad-CAM, replay) find the weights
-            self.store.set_tag(log.run_id, "rp.checkpoint_path", str(checkpoint))
+            self.store.set_tag(log.run_id, TAG_CHECKPOINT_PATH, str(checkpoint))
         self._log_agent(trial, log.run_id)
         self.store.finish_trial(log.run_id, log.records, final)
         log.finished = True

@@ -19,13 +19,11 @@ from typing import Any
 from raytune_periodic._imports import require
 from raytune_periodic.config import ExperimentConfig, method_base
 from raytune_periodic.errors import ConfigError
+from raytune_periodic.protocol.mlflow_layout import TAG_STORAGE_PATH, default_tracking_uri
+from raytune_periodic.protocol.trial_results import DRIVER_STATE_FILE
 from raytune_periodic.tuning.methods import SearchMethod, build_method
 
-STATE_FILE = "rp_state.json"
-
-
-def default_tracking_uri() -> str:
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+STATE_FILE = DRIVER_STATE_FILE
 
 
 @dataclass
@@ -177,7 +175,7 @@ def run_experiment(
             "seeds": ",".join(map(str, cfg.seeds)),
             "methods": ",".join(cfg.methods),
         },
-        tags={"rp.storage_path": str(exp_dir)},
+        tags={TAG_STORAGE_PATH: str(exp_dir)},
     )
     if not ray.is_initialized():
         target = address or os.environ.get("RAY_ADDRESS") or "local"

@@ -39,6 +39,7 @@ import torch
 from raytune_periodic.data._base import DataSplits
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.models import build_model
+from raytune_periodic.protocol import trial_results as R
 from raytune_periodic.surrogate import training as tr
 from raytune_periodic.surrogate.algorithm import SurrogateHPO
 from raytune_periodic.surrogate.baselines import tied_grid
@@ -50,7 +51,6 @@ from raytune_periodic.surrogate.sparseness import NAMES, HypParaSet, attach_spar
 from raytune_periodic.training.engine import resolve_device
 from raytune_periodic.tuning.methods import SearchMethod, register
 
-CHECKPOINT_FILE = "surrogate.pt"
 TRAIN_KEYS = {"ni_epochs", "max_iter_epochs", "solver", "kappa", "inverted_dropout", "device"}
 ALGO_KEYS = TRAIN_KEYS | {"popsize", "space", "initial", "eta", "conv", "executor", "replicates"}
 ALGO_KEYS |= {"cpus_per_candidate", "gpus_per_candidate", "description"}
@@ -372,12 +372,12 @@ class _TrialBody:
         return {k: float(v) for k, v in out.items()}
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
-        state = {"run": self.run.state_dict(), "rp_trial_id": self.trial_id}
+        state = {"run": self.run.state_dict(), R.STATE_TRIAL_ID: self.trial_id}
         torch.save({**state, "wall": self.wall, "cpu": self.cpu},
-                   os.path.join(checkpoint_dir, CHECKPOINT_FILE))  # fmt: skip
+                   os.path.join(checkpoint_dir, R.SURROGATE_FILE))  # fmt: skip
 
     def load_checkpoint(self, checkpoint: str) -> None:
-        path = os.path.join(checkpoint, CHECKPOINT_FILE)
+        path = os.path.join(checkpoint, R.SURROGATE_FILE)
         state = torch.load(path, map_location=self.run.device, weights_only=False)
         self.run.load_state_dict(state["run"])
         self.wall, self.cpu = float(state["wall"]), float(state["cpu"])

@@ -22,15 +22,16 @@ from typing import Any
 import torch
 from ray import tune
 
+from raytune_periodic.protocol import trial_results as R
+from raytune_periodic.protocol.trial_results import (  # noqa: F401  (FAULT_ENV: re-exported)
+    AGENT_DIR,
+    ENGINE_FILE,
+    FAULT_ENV,
+    META_FILE,
+)
 from raytune_periodic.records import STATUS_OK
 from raytune_periodic.training import PeriodEngine, build_engine
 
-CHECKPOINT_FILE = "engine.pt"
-META_FILE = "rp_meta.json"  #: ``{"trial_id", "period"}`` of a checkpoint, readable without torch
-AGENT_DIR = "agent"  #: a learning controller's exported agent, next to the engine state
-#: test hook: "PERIOD:MARKER" kills the first trial worker that starts period PERIOD (once per
-#: marker file) so fault-tolerance tests exercise Tune's restore from the last checkpoint
-FAULT_ENV = "RAYTUNE_PERIODIC_INJECT_FAULT"
 _log = logging.getLogger(__name__)
 
 
@@ -129,32 +130,32 @@ class PeriodTrainable(tune.Trainable):
         last = records[-1]
         result: dict[str, Any] = dict(metrics[-1])
         finite = math.isfinite(last.val_f1)
-        result["full_val_f1_last"] = self.full_val_last if self.full_val_last is not None else 0.0
-        result["objective"] = (
+        result[R.FULL_VAL_LAST] = self.full_val_last if self.full_val_last is not None else 0.0
+        result[R.OBJECTIVE] = (
             self.full_val_last
             if self.full_val_last is not None
             else (last.val_f1 if finite else 0.0)
         )
-        result["rp_status"] = last.status
-        result["rp_wall"] = time.time()  # end of this step (benchmarks measure gaps between steps)
+        result[R.STATUS] = last.status
+        result[R.WALL] = time.time()  # end of this step (benchmarks measure gaps between steps)
         # every period of the iteration, as JSON text (Tune loggers skip strings)
-        result["rp_records"] = json.dumps(self.replay + metrics)
+        result[R.RECORDS] = json.dumps(self.replay + metrics)
         self.replay = []
         if self.donor is not None:
-            result["rp_donor_trial"], result["rp_donor_period"] = self.donor
+            result[R.DONOR_TRIAL], result[R.DONOR_PERIOD] = self.donor
             self.donor = None
         if self.engine.done:
-            result["done"] = True
+            result[R.DONE] = True
         if last.status != STATUS_OK:
-            result["objective"] = 0.0
+            result[R.OBJECTIVE] = 0.0
         return result
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         state = self.engine.state_dict()
-        state["rp_trial_id"] = self.trial_id
-        state["rp_full_val_last"] = self.full_val_last
-        state["rp_history"] = self.history
-        torch.save(state, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+        state[R.STATE_TRIAL_ID] = self.trial_id
+        state[R.STATE_FULL_VAL_LAST] = self.full_val_last
+        state[R.STATE_HISTORY] = self.history
+        torch.save(state, os.path.join(checkpoint_dir, ENGINE_FILE))
         meta = {"trial_id": self.trial_id, "period": int(state["period"])}
         with open(os.path.join(checkpoint_dir, META_FILE), "w") as f:
             json.dump(meta, f)
@@ -166,14 +167,14 @@ class PeriodTrainable(tune.Trainable):
         assert isinstance(checkpoint, str)
         checkpoint = self._exploit_checkpoint(checkpoint)
         state = torch.load(
-            os.path.join(checkpoint, CHECKPOINT_FILE),
+            os.path.join(checkpoint, ENGINE_FILE),
             map_location=self.engine.device,
             weights_only=False,
         )
         self.engine.load_state_dict(state)
-        self.full_val_last = state.get("rp_full_val_last")
-        self.history = list(state.get("rp_history", []))
-        owner = state.get("rp_trial_id")
+        self.full_val_last = state.get(R.STATE_FULL_VAL_LAST)
+        self.history = list(state.get(R.STATE_HISTORY, []))
+        owner = state.get(R.STATE_TRIAL_ID)
         if owner is not None and owner != self.trial_id:
             self.donor = (str(owner), int(state["period"]) - 1)
             self.replay = []

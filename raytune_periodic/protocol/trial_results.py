@@ -1,0 +1,39 @@
+"""What a trial sends to Tune and writes into its checkpoints (the trainable ↔ driver protocol).
+
+A Tune result is a flat dict. Beside the metrics of the iteration's last period (``val_f1``,
+``gap``, ...) every trainable reports the keys below; the driver-side MLflow callback reads them.
+"""
+
+from __future__ import annotations
+
+#: the metrics ``tune.metric`` may name (all maximised); ``objective`` is the default
+OBJECTIVE = "objective"
+FULL_VAL_LAST = "full_val_f1_last"  #: the last full-validation macro-F1 (0.0 before the first)
+VAL_F1 = "val_f1"
+RANKED_METRICS = (OBJECTIVE, VAL_F1, FULL_VAL_LAST)
+WORST_SCORE = 0.0  #: what every ranked metric of a diverged trial becomes (F1 is in [0, 1])
+
+RECORDS = "rp_records"  #: JSON list of every period's metrics in this iteration (+ replays)
+STATUS = "rp_status"  #: ``ok`` | ``diverged``
+WALL = "rp_wall"  #: wall-clock time at the end of the step (benchmarks measure the gaps)
+DONOR_TRIAL = "rp_donor_trial"  #: set once after a PBT exploit: whose checkpoint was restored
+DONOR_PERIOD = "rp_donor_period"  #: ... and the donor's last period in it
+DONE = "done"  #: Tune's own stop flag
+
+#: files in a trial checkpoint directory
+ENGINE_FILE = "engine.pt"  #: the period engine's exact state (``PeriodTrainable``)
+SURROGATE_FILE = "surrogate.pt"  #: Algorithm 1's state (the surrogate searches' trainable)
+META_FILE = "rp_meta.json"  #: ``{"trial_id", "period"}``: readable without torch
+AGENT_DIR = "agent"  #: a learning controller's exported agent, next to the engine state
+
+#: keys inside the engine state a trainable adds to ``PeriodEngine.state_dict()``
+STATE_TRIAL_ID = "rp_trial_id"
+STATE_FULL_VAL_LAST = "rp_full_val_last"
+STATE_HISTORY = "rp_history"
+
+#: driver state of an experiment (``<storage>/<name>/``)
+DRIVER_STATE_FILE = "rp_state.json"
+
+#: test hook: "PERIOD:MARKER" kills the first trial worker that starts period PERIOD (once per
+#: marker file) so fault-tolerance tests exercise Tune's restore from the last checkpoint
+FAULT_ENV = "RAYTUNE_PERIODIC_INJECT_FAULT"
