@@ -49,8 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("experiment", help="MLflow experiment name (the config's name)")
     cmp_.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
     cmp_.add_argument("--out", help="directory for the table file and PNG plots")
-    cmp_.add_argument("--format", choices=["md", "csv"], default="md")
+    cmp_.add_argument("--format", choices=["md", "csv", "html", "json"], default="md")
     cmp_.add_argument("--invocation", help="invocation id (default: the latest)")
+    cmp_.add_argument(
+        "--baseline", help="method every other method is compared with (default: the first)"
+    )
 
     cam = sub.add_parser(
         "gradcam", help="Grad-CAM figure: a row per image, a column per run/method"
@@ -94,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--spool", help="spool directory (default: $RP_MLFLOW_SPOOL or ~/.cache/...)")
     sync.add_argument("--mlflow-uri", help="deliver to this URI instead of the spooled one")
+    sync.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also replay writes the server rejected (kept in the failed-writes log)",
+    )
 
     train = sub.add_parser("train", help="train one run spec with the bare engine (no Ray)")
     train.add_argument("--dataset", default="digits")
@@ -178,6 +186,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         out_dir=args.out,
         fmt=args.format,
         invocation_id=args.invocation,
+        baseline=args.baseline,
     )
     print(text)
     return 0
@@ -267,22 +276,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_mlflow_sync(args: argparse.Namespace) -> int:
-    from raytune_periodic.tracking import MlflowStore
-    from raytune_periodic.tracking.spool import Spool
+    from raytune_periodic.tracking.sync import sync_spools
 
-    files = Spool.files(args.spool)
-    left = 0
-    for path in files:
-        head = Spool.header(path)
-        uri = args.mlflow_uri or head["tracking_uri"]
-        store = MlflowStore(uri, head["experiment"], synchronous=True, spool_dir=args.spool)
-        store.spool = Spool(path, uri, head["experiment"])
-        before = store.spool.pending()
-        remaining = store.sync()
-        left += remaining
-        print(f"{head['experiment']} -> {uri}: delivered {before - remaining}, left {remaining}")
-    if not files:
-        print("nothing spooled")
+    left = sync_spools(args.spool, args.mlflow_uri, retry_failed=args.retry_failed, out=print)
     return 1 if left else 0
 
 

@@ -49,6 +49,7 @@ def compare_experiment(
     out_dir: str | Path | None = None,
     fmt: str = "md",
     invocation_id: str | None = None,
+    baseline: str | None = None,
 ) -> str:
     """What ``raytune-periodic compare`` prints: the method table of one invocation.
 
