@@ -17,13 +17,20 @@ from raytune_periodic.errors import ConfigError
 _NUMBER_TYPES = (int, float)
 
 
+def _numpy_kind(value: Any) -> str:
+    """The dtype kind of a numpy scalar (``i``, ``u``, ``f``, ...), else ``""``."""
+    if type(value).__module__ != "numpy" or not hasattr(value, "dtype"):
+        return ""
+    return str(value.dtype.kind)
+
+
 def is_number(value: Any) -> bool:
     """A real int or float (numpy scalars included), never a bool."""
     if isinstance(value, bool):
         return False
     if isinstance(value, _NUMBER_TYPES):
         return True
-    return type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "iuf"
+    return _numpy_kind(value) in ("i", "u", "f")
 
 
 def is_integer(value: Any) -> bool:
@@ -32,7 +39,7 @@ def is_integer(value: Any) -> bool:
         return False
     if isinstance(value, int):
         return True
-    return type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "iu"
+    return _numpy_kind(value) in ("i", "u")
 
 
 def integer(value: Any, field: str, low: int | None = None, high: int | None = None) -> int:
