@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from raytune_periodic.errors import ConfigError
+from raytune_periodic.validation import boolean, integer, sequence
 
 
 class IrisMLP(nn.Module):
@@ -53,10 +54,9 @@ def build_iris_mlp(
     batchnorm: bool = False,
 ) -> IrisMLP:
     """The paper's 64-32 MLP over ``prod(input_shape)`` features."""
-    if isinstance(hidden, str | bytes) or not isinstance(hidden, Sequence) or not hidden:
-        raise ConfigError("model.options.hidden", f"expected a list of widths, got {hidden!r}")
-    if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-        raise ConfigError("model.options.hidden", f"widths must be integers >= 1, got {hidden!r}")
-    if not isinstance(batchnorm, bool):
-        raise ConfigError("model.options.batchnorm", f"expected true/false, got {batchnorm!r}")
-    return IrisMLP(math.prod(input_shape), num_classes, tuple(hidden), batchnorm)
+    field = "model.options.hidden"
+    widths = [integer(h, field, 1) for h in sequence(hidden, field, "a list of widths")]
+    if not widths:
+        raise ConfigError(field, "needs at least one hidden width")
+    batchnorm = boolean(batchnorm, "model.options.batchnorm")
+    return IrisMLP(math.prod(input_shape), num_classes, tuple(widths), batchnorm)

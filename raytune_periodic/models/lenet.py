@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from raytune_periodic.errors import ConfigError
+from raytune_periodic.validation import boolean
 
 
 def _conv_block(c_in: int, c_out: int, batchnorm: bool) -> list[nn.Module]:
@@ -51,7 +51,6 @@ class LeNet(nn.Module):
 
 def build_lenet(input_shape: tuple[int, ...], num_classes: int, batchnorm: bool = False) -> LeNet:
     """LeNet for ``(C, H, W)`` inputs with H, W ≥ 8; ``batchnorm`` adds BN after each conv."""
-    if not isinstance(batchnorm, bool):
-        raise ConfigError("model.options.batchnorm", f"expected true/false, got {batchnorm!r}")
+    batchnorm = boolean(batchnorm, "model.options.batchnorm")
     channels, height, width = input_shape
     return LeNet(channels, height, width, num_classes, batchnorm)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from raytune_periodic.errors import ConfigError
+from raytune_periodic.validation import boolean, integer, sequence
 
 
 class MLP(nn.Module):
@@ -48,13 +48,7 @@ def build_mlp(
     batchnorm: bool = False,
 ) -> MLP:
     """An MLP over ``prod(input_shape)`` inputs; ``hidden`` lists the hidden widths."""
-    if isinstance(hidden, str | bytes) or not isinstance(hidden, Sequence):
-        raise ConfigError("model.options.hidden", f"expected a list of widths, got {hidden!r}")
-    for size in hidden:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError(
-                "model.options.hidden", f"widths must be positive integers, got {list(hidden)!r}"
-            )
-    if not isinstance(batchnorm, bool):
-        raise ConfigError("model.options.batchnorm", f"expected true/false, got {batchnorm!r}")
-    return MLP(math.prod(input_shape), num_classes, tuple(hidden), batchnorm)
+    field = "model.options.hidden"
+    widths = [integer(h, field, 1) for h in sequence(hidden, field, "a list of widths")]
+    batchnorm = boolean(batchnorm, "model.options.batchnorm")
+    return MLP(math.prod(input_shape), num_classes, tuple(widths), batchnorm)

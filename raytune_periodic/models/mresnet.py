@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from raytune_periodic.errors import ConfigError
+from raytune_periodic.validation import boolean, integer, sequence
 
 
 class CoPr(nn.Sequential):
@@ -86,11 +87,11 @@ class MResNet(nn.Module):
 
 
 def _ints(key: str, val: object) -> list[int]:
-    if isinstance(val, str | bytes) or not isinstance(val, Sequence) or not val:
-        raise ConfigError(f"model.options.{key}", f"expected a list of integers, got {val!r}")
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in val):
-        raise ConfigError(f"model.options.{key}", f"expected integers >= 0, got {val!r}")
-    return list(val)
+    field = f"model.options.{key}"
+    ints = [integer(v, field, 0) for v in sequence(val, field, "a list of integers")]
+    if not ints:
+        raise ConfigError(field, "expected a non-empty list of integers, got []")
+    return ints
 
 
 def build_mresnet(
@@ -112,9 +113,8 @@ def build_mresnet(
         raise ConfigError("model.options.reps", "needs one replication count per filter width > 0")
     if stem_stride is None:
         stem_stride = 2 if min(input_shape[1:]) >= 112 else 1
-    for key, val in (("hidden", hidden), ("head_side", head_side), ("stem_stride", stem_stride)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ConfigError(f"model.options.{key}", f"expected an integer >= 1, got {val!r}")
-    if not isinstance(batchnorm, bool):
-        raise ConfigError("model.options.batchnorm", f"expected true/false, got {batchnorm!r}")
+    hidden = integer(hidden, "model.options.hidden", 1)
+    head_side = integer(head_side, "model.options.head_side", 1)
+    stem_stride = integer(stem_stride, "model.options.stem_stride", 1)
+    batchnorm = boolean(batchnorm, "model.options.batchnorm")
     return MResNet(input_shape[0], num_classes, f, r, hidden, head_side, batchnorm, stem_stride)

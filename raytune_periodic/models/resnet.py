@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torchvision
 from torch import nn
 
-from raytune_periodic.errors import ConfigError
+from raytune_periodic.validation import boolean
 
 SMALL_INPUT = 64  # below this H/W the ImageNet stem (7×7 stride 2 + maxpool) discards too much
 
@@ -18,10 +18,8 @@ def _resnet(
     num_classes: int,
     small_stem: bool | None,
 ) -> torchvision.models.ResNet:
-    if small_stem is not None and not isinstance(small_stem, bool):
-        raise ConfigError(
-            "model.options.small_stem", f"expected true/false/null, got {small_stem!r}"
-        )
+    if small_stem is not None:
+        small_stem = boolean(small_stem, "model.options.small_stem")
     channels, height, width = input_shape
     model = arch(weights=None, num_classes=num_classes)
     small = min(height, width) < SMALL_INPUT if small_stem is None else small_stem

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from raytune_periodic.errors import ConfigError
+from raytune_periodic.validation import integer
 
 
 class BasicBlock(nn.Module):
@@ -71,7 +71,6 @@ def build_resnet20(
     input_shape: tuple[int, ...], num_classes: int, blocks: int = 3, width: int = 1
 ) -> ResNet20:
     """ResNet20 (``blocks=3``: 6·3+2 = 20 layers) for ``(C, H, W)`` inputs, H, W ≥ 4."""
-    for key, val in (("blocks", blocks), ("width", width)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ConfigError(f"model.options.{key}", f"expected an integer >= 1, got {val!r}")
+    blocks = integer(blocks, "model.options.blocks", 1)
+    width = integer(width, "model.options.width", 1)
     return ResNet20(input_shape[0], num_classes, blocks, width)

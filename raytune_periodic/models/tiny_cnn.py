@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from raytune_periodic.errors import ConfigError
+from raytune_periodic.validation import integer
 
 
 def _lrn() -> nn.LocalResponseNorm:
@@ -78,6 +79,5 @@ def build_tiny_cnn(
         raise ConfigError("model.name", f"tiny_cnn needs square images, got {input_shape}")
     if stride is None:
         stride = 4 if height >= 64 else 1
-    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= 4:
-        raise ConfigError("model.options.stride", f"expected an integer in 1..4, got {stride!r}")
+    stride = integer(stride, "model.options.stride", 1, 4)
     return TinyImageNetCNN(channels, height, num_classes, stride)
