@@ -13,6 +13,7 @@ from typing import ClassVar
 from torch import nn
 
 from raytune_periodic.errors import ConfigError
+from raytune_periodic.validation import is_number, number
 
 
 class PeriodicRegularizer(nn.Module):
@@ -34,12 +35,10 @@ class PeriodicRegularizer(nn.Module):
     @classmethod
     def check(cls, value: float, field: str) -> float:
         """Validate one value for this kind; one-line ConfigError naming ``field`` if bad."""
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(field, f"expected a number, got {value!r}") from None
-        if not math.isfinite(v) and not (math.isinf(cls.high) and v == math.inf):
-            raise ConfigError(field, f"must be finite, got {value!r}")
+        if math.isinf(cls.high) and is_number(value) and float(value) == math.inf:
+            v = math.inf  # an unbounded kind accepts +inf (e.g. a cliff that never cuts)
+        else:
+            v = number(value, field)
         if v < cls.low or v > cls.high:
             raise ConfigError(
                 field, f"{cls.kind} {cls.value_name} must be in [{cls.low}, {cls.high}], got {v}"

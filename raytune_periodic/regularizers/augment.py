@@ -28,6 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.regularizers.model_level import ModelRegularizer
+from raytune_periodic.validation import fraction
 
 _MAGNITUDES = ("hflip", "vflip", "brightness", "contrast", "saturation")
 
@@ -82,11 +83,7 @@ class Augment(ModelRegularizer):
         for key, mag in zip(
             _MAGNITUDES, (hflip, vflip, brightness, contrast, saturation), strict=True
         ):
-            if isinstance(mag, bool) or not isinstance(mag, int | float) or not 0 <= mag <= 1:
-                raise ConfigError(
-                    f"augment.options.{key}", f"expected a number in [0, 1], got {mag!r}"
-                )
-            self.magnitudes[key] = float(mag)
+            self.magnitudes[key] = fraction(mag, f"augment.options.{key}")
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
 

@@ -27,8 +27,8 @@ import math
 import torch
 from torch import nn
 
-from raytune_periodic.errors import ConfigError
 from raytune_periodic.regularizers._base import PeriodicRegularizer
+from raytune_periodic.validation import number
 
 
 def cliff_relu(x: torch.Tensor, constant: float) -> torch.Tensor:
@@ -61,11 +61,8 @@ class AutoReLU(PeriodicRegularizer):
 
     def __init__(self, value: float = 0.0, init: float = 0.5) -> None:
         super().__init__(value)
-        if isinstance(init, bool) or not isinstance(init, int | float) or not 0 < init < 1:
-            raise ConfigError(
-                "auto_relu.options.init", f"expected a number in (0, 1), got {init!r}"
-            )
-        self.w = nn.Parameter(torch.full((1,), float(init)))
+        init = number(init, "auto_relu.options.init", 0.0, 1.0, low_open=True, high_open=True)
+        self.w = nn.Parameter(torch.full((1,), init))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w.to(x.dtype)

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from raytune_periodic.errors import ConfigError
 from raytune_periodic.regularizers.model_level import ModelRegularizer
+from raytune_periodic.validation import boolean, number
 
 
 def penalised_weights(model: nn.Module, include_classifier: bool = True) -> list[nn.Parameter]:
@@ -41,12 +41,8 @@ def penalised_weights(model: nn.Module, include_classifier: bool = True) -> list
 class _WeightRegularizer(ModelRegularizer):
     def __init__(self, value: float = 0.0, include_classifier: bool = True) -> None:
         super().__init__(value)
-        if not isinstance(include_classifier, bool):
-            raise ConfigError(
-                f"{self.kind}.options.include_classifier",
-                f"expected true/false, got {include_classifier!r}",
-            )
-        self.include_classifier = include_classifier
+        field = f"{self.kind}.options.include_classifier"
+        self.include_classifier = boolean(include_classifier, field)
         self._weights: list[nn.Parameter] | None = None
 
     def setup(self, model: nn.Module, info: Mapping[str, Any]) -> None:
@@ -101,11 +97,7 @@ class AdaptivePenalty(_Penalty):
 
     def __init__(self, value: float = 0.0, w0: float = 1.0, include_classifier: bool = True):
         super().__init__(value, include_classifier)
-        if isinstance(w0, bool) or not isinstance(w0, int | float) or not math.isfinite(w0):
-            raise ConfigError(f"{self.kind}.options.w0", f"expected a number > 0, got {w0!r}")
-        if w0 <= 0:
-            raise ConfigError(f"{self.kind}.options.w0", f"expected a number > 0, got {w0!r}")
-        self.w0 = float(w0)
+        self.w0 = number(w0, f"{self.kind}.options.w0", 0.0, low_open=True)
 
     def term(self, w: torch.Tensor) -> torch.Tensor:
         sq = w.square()

@@ -12,6 +12,7 @@ import torch
 
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.regularizers._base import PeriodicRegularizer
+from raytune_periodic.validation import boolean
 
 
 class SignFlip(PeriodicRegularizer):
@@ -22,7 +23,7 @@ class SignFlip(PeriodicRegularizer):
 
     def __init__(self, value: float = 0.0, apply_in_eval: bool = False) -> None:
         super().__init__(value)
-        self.apply_in_eval = apply_in_eval
+        self.apply_in_eval = boolean(apply_in_eval, f"{self.kind}.options.apply_in_eval")
 
     @classmethod
     def check(cls, value: float, field: str) -> float:
