@@ -18,6 +18,7 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from raytune_periodic.data import check_common, make_splits, split_indices
 from raytune_periodic.data._base import DataSplits
 from raytune_periodic.errors import ConfigError
+from raytune_periodic.validation import boolean
 
 ROOT = "dataset.options.root"
 
@@ -78,8 +79,7 @@ def _load_cifar(
 ) -> DataSplits:
     if root is None:
         raise ConfigError(ROOT, f"required for {name}")
-    if not isinstance(verify, bool):
-        raise ConfigError("dataset.options.verify", f"expected true/false, got {verify!r}")
+    verify = boolean(verify, "dataset.options.verify")
     check_common(
         seed=seed,
         val_fraction=val_fraction,

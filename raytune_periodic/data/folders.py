@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from raytune_periodic.data import add_label_noise, check_common, split_indices
 from raytune_periodic.data._base import DataSplits
 from raytune_periodic.errors import ConfigError
+from raytune_periodic.validation import boolean, integer, is_integer, sequence
 
 ROOT = "dataset.options.root"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -80,13 +81,12 @@ def _images(folder: Path) -> list[Path]:
 def _pick_classes(found: list[str], classes: object, field: str = "dataset.options.classes"):
     if classes is None:
         return found
-    if isinstance(classes, int) and not isinstance(classes, bool):
-        if not 2 <= classes <= len(found):
-            raise ConfigError(field, f"expected 2..{len(found)} classes, got {classes}")
-        return found[:classes]
-    if isinstance(classes, str | bytes) or not isinstance(classes, Sequence) or len(classes) < 2:
-        raise ConfigError(field, f"expected a list of >= 2 class names or a count, got {classes!r}")
-    names = [str(c) for c in classes]
+    if is_integer(classes):
+        return found[: integer(classes, field, 2, len(found))]
+    what = "a list of >= 2 class names or a count"
+    names = [str(c) for c in sequence(classes, field, what)]
+    if len(names) < 2:
+        raise ConfigError(field, f"expected {what}, got {classes!r}")
     missing = [c for c in names if c not in found]
     if missing or len(set(names)) != len(names):
         raise ConfigError(field, f"unknown or repeated classes {missing or names}; found: {found}")
@@ -115,10 +115,8 @@ def _finish(
         label_noise=label_noise,
         num_classes=k,
     )
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ConfigError("dataset.options.size", f"expected an integer >= 8, got {size!r}")
-    if not isinstance(grayscale, bool):
-        raise ConfigError("dataset.options.grayscale", f"expected true/false, got {grayscale!r}")
+    size = integer(size, "dataset.options.size", 8)
+    grayscale = boolean(grayscale, "dataset.options.grayscale")
     rng = np.random.default_rng(seed)
     paths, labels = files["train"]
     idx = split_indices(labels, rng, val_fraction=val_fraction, train_size=train_size)
