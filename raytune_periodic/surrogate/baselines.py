@@ -39,6 +39,7 @@ from raytune_periodic.surrogate.training import (
     train_steps,
 )
 from raytune_periodic.training.engine import resolve_device
+from raytune_periodic.validation import bounded_range, choice, integer
 
 
 def tied_grid(
@@ -51,15 +52,14 @@ def tied_grid(
     field: str = "grid",
 ) -> list[HypParaSet]:
     """``n_lambda × n_p`` settings: the λ of ``names`` tied to one value, their p to another."""
-    for key, n in (("n_p", n_p), ("n_lambda", n_lambda)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"{field}.{key}", f"must be an integer >= 1, got {n!r}")
-    for key, (lo, hi) in (("p_range", p_range), ("log10_lambda_range", log10_lambda_range)):
-        if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-            raise ConfigError(f"{field}.{key}", f"lower must be < upper, got [{lo}, {hi}]")
+    n_p = integer(n_p, f"{field}.n_p", 1)
+    n_lambda = integer(n_lambda, f"{field}.n_lambda", 1)
+    for key, rng in (("p_range", p_range), ("log10_lambda_range", log10_lambda_range)):
+        lo, hi = bounded_range(rng, f"{field}.{key}")
+        if lo == hi:
+            raise ConfigError(f"{field}.{key}", f"lower must be < upper, got [{lo:g}, {hi:g}]")
     for name in names:
-        if name not in NAMES:
-            raise ConfigError(f"{field}.names", f"unknown {name!r}; valid: {', '.join(NAMES)}")
+        choice(name, f"{field}.names", NAMES)
     base = (fixed or HypParaSet()).to_dict()
     points = []
     for log_lam in np.linspace(*log10_lambda_range, n_lambda):

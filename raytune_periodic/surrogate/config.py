@@ -22,6 +22,7 @@ from raytune_periodic.surrogate.optimizers import OptimizerOptions
 from raytune_periodic.surrogate.sparseness import HypParaSet, SearchSpace
 from raytune_periodic.surrogate.training import SolverOptions
 from raytune_periodic.training.engine import resolve_device
+from raytune_periodic.validation import boolean, choice, known_keys, mapping, number
 
 EVALUATE_ON = ("surrogate", "original")
 
@@ -69,25 +70,17 @@ class SurrogateHPOConfig:
         self.optimizer_options().validate(field)
         self.solver.validate(f"{field}.solver")
         for key in ("ni_epochs", "max_iter_epochs", "kappa"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise ConfigError(f"{field}.{key}", f"must be a finite number, got {v!r}")
-            if v < 0 or (v == 0 and key != "kappa"):
-                raise ConfigError(f"{field}.{key}", f"must be > 0, got {v}")
+            number(getattr(self, key), f"{field}.{key}", 0.0, low_open=key != "kappa")
         if self.iterations < 1:
             raise ConfigError(
                 f"{field}.max_iter_epochs",
                 f"MaxIter {self.max_iter_epochs} < NI {self.ni_epochs}: no iteration",
             )
         for name in ("x", "z", "w", "v"):
-            v = getattr(self.eta, name)
-            if not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"{field}.eta.{name}", f"must be a number >= 0, got {v!r}")
-        if self.evaluate_on not in EVALUATE_ON:
-            raise ConfigError(f"{field}.evaluate_on", f"unknown {self.evaluate_on!r}; valid: "
-                              "surrogate, original")  # fmt: skip
-        if self.executor not in EXECUTORS:
-            raise ConfigError(f"{field}.executor", f"unknown {self.executor!r}; valid: {EXECUTORS}")
+            number(getattr(self.eta, name), f"{field}.eta.{name}", 0.0)
+        choice(self.evaluate_on, f"{field}.evaluate_on", EVALUATE_ON)
+        choice(self.executor, f"{field}.executor", EXECUTORS)
+        boolean(self.inverted_dropout, f"{field}.inverted_dropout")
         parse_conv(self.conv, f"{field}.conv")
         if self.initial is not None:
             self.initial = HypParaSet.from_dict(self.initial, f"{field}.initial")
@@ -110,13 +103,8 @@ class SurrogateHPOConfig:
 def _build(cls: Any, data: Any, field: str, tuples: bool = False) -> Any:
     if isinstance(data, cls):
         return data
-    if not isinstance(data, Mapping):
-        raise ConfigError(field, f"expected a mapping, got {data!r}")
-    valid = {f.name for f in fields(cls)}
-    for key in data:
-        if key not in valid:
-            raise ConfigError(f"{field}.{key}", f"unknown key; valid: {', '.join(sorted(valid))}")
-    values = dict(data)
+    values = mapping(data, field)
+    known_keys(values, (f.name for f in fields(cls)), field)
     if tuples:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         if "fixed" in values:

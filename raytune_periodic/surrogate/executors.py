@@ -8,7 +8,6 @@ calls (the dataset): Ray puts it in the object store once; other shared values a
 
 from __future__ import annotations
 
-import math
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -16,6 +15,7 @@ from typing import Any
 
 from raytune_periodic._imports import require
 from raytune_periodic.errors import ConfigError
+from raytune_periodic.validation import choice, number
 
 EXECUTORS = ("auto", "serial", "ray")
 
@@ -54,17 +54,14 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, num_cpus: float = 0.5, num_gpus: float = 0.0) -> None:
-        for key, val in (("cpus_per_candidate", num_cpus), ("gpus_per_candidate", num_gpus)):
-            if isinstance(val, bool) or not isinstance(val, int | float) or not math.isfinite(val):
-                raise ConfigError(f"surrogate.{key}", f"must be a number >= 0, got {val!r}")
-            if val < 0:
-                raise ConfigError(f"surrogate.{key}", f"must be >= 0, got {val}")
+        num_cpus = number(num_cpus, "surrogate.cpus_per_candidate", 0.0)
+        num_gpus = number(num_gpus, "surrogate.gpus_per_candidate", 0.0)
         if num_cpus <= 0 and num_gpus <= 0:
             raise ConfigError("surrogate.cpus_per_candidate", "a task needs some CPU or GPU")
         self.ray = require("ray")
         if not self.ray.is_initialized():
             raise RuntimeError("RayExecutor needs ray.init() first (or use the serial executor)")
-        self.num_cpus, self.num_gpus = float(num_cpus), float(num_gpus)
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
         self._remote: dict[Callable[..., Any], Any] = {}
 
     @property
@@ -96,8 +93,7 @@ def ray_ready() -> bool:
 
 def make_executor(kind: str = "auto", num_cpus: float = 0.5, num_gpus: float = 0.0) -> Executor:
     """``serial``, ``ray`` (after ``ray.init()``), or ``auto``: Ray if initialised, else serial."""
-    if kind not in EXECUTORS:
-        raise ConfigError("surrogate.executor", f"unknown {kind!r}; valid: {', '.join(EXECUTORS)}")
+    choice(kind, "surrogate.executor", EXECUTORS)
     if kind == "serial" or (kind == "auto" and not ray_ready()):
         return SerialExecutor()
     return RayExecutor(num_cpus, num_gpus)

@@ -40,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.surrogate.sparseness import SparseTwoFC, attach_sparseness
+from raytune_periodic.validation import integer, sequence
 
 _COLLAPSE = (nn.Flatten, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -89,13 +90,11 @@ def parse_conv(conv: Any, field: str = "surrogate.conv") -> ConvSpec | None:
         return None
     if isinstance(conv, ConvSpec):
         return conv
-    if isinstance(conv, str) or not isinstance(conv, Sequence) or len(conv) != 4:
-        raise ConfigError(
-            field, f"expected auto or (num_output, kernel, stride, pad), got {conv!r}"
-        )
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in conv):
-        raise ConfigError(field, f"expected non-negative integers, got {list(conv)!r}")
-    spec = ConvSpec(*conv)
+    what = "auto or (num_output, kernel, stride, pad)"
+    values = sequence(conv, field, what)
+    if len(values) != 4:
+        raise ConfigError(field, f"expected {what}, got {conv!r}")
+    spec = ConvSpec(*(integer(v, field, 0) for v in values))
     if spec.out_channels < 1 or spec.kernel_size < 1 or spec.stride < 1:
         raise ConfigError(field, f"num_output, kernel and stride must be >= 1, got {list(conv)!r}")
     return spec

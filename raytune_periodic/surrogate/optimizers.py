@@ -23,6 +23,7 @@ from typing import Any
 
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.surrogate.sparseness import HypParaSet, SearchSpace
+from raytune_periodic.validation import choice, integer, number
 
 OPTIMIZERS = ("de", "pso")
 #: loss told for a candidate whose objective is not finite (a diverged training)
@@ -42,19 +43,14 @@ class OptimizerOptions:
     phig: float = 0.9  #: PSO global-best weight c2
 
     def validate(self, field: str = "search") -> OptimizerOptions:
-        if self.name not in OPTIMIZERS:
-            raise ConfigError(f"{field}.optimizer", f"unknown {self.name!r}; valid: de, pso")
-        p = self.popsize
-        if isinstance(p, bool) or not isinstance(p, int) or p < 1:
-            raise ConfigError(f"{field}.popsize", f"must be an integer >= 1, got {p!r}")
+        choice(self.name, f"{field}.optimizer", OPTIMIZERS)
+        p = integer(self.popsize, f"{field}.popsize", 1)
         if self.name == "de" and p < 4:
             raise ConfigError(
                 f"{field}.popsize", f"DE/rand/1 needs a population >= 4 (r0, r1, r2 != i), got {p}"
             )
         for key, hi in (("F", 2.0), ("CR", 1.0), ("omega", 2.0), ("phip", 4.0), ("phig", 4.0)):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= hi:
-                raise ConfigError(f"{field}.{key}", f"must be a number in [0, {hi}], got {v!r}")
+            number(getattr(self, key), f"{field}.{key}", 0.0, hi)
         return self
 
 

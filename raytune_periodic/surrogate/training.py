@@ -8,7 +8,6 @@ its inputs: the basis of exact resume between iterations and of running candidat
 from __future__ import annotations
 
 import copy
-import math
 import os
 import sys
 import time
@@ -24,10 +23,10 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from raytune_periodic.data._base import DataSplits
-from raytune_periodic.errors import ConfigError
 from raytune_periodic.surrogate.objective import KAPPA, evaluate
 from raytune_periodic.surrogate.sparseness import SparseTwoFC, sparse_head
 from raytune_periodic.training.batching import make_batches
+from raytune_periodic.validation import integer, number
 
 StepLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -49,19 +48,11 @@ class SolverOptions:
 
     def validate(self, field: str = "solver") -> SolverOptions:
         for key in ("batch_size", "lr_decay_steps", "eval_batch_size"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{field}.{key}", f"must be an integer >= 1, got {v!r}")
-        for key, lo, hi in (
-            ("lr", 0.0, math.inf),
-            ("momentum", 0.0, 1.0),
-            ("weight_decay", 0.0, math.inf),
-            ("lr_decay", 0.0, 1.0),
-        ):
-            v = getattr(self, key)
-            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            if not ok or not lo <= v <= hi or (key in ("lr", "lr_decay") and v == 0):
-                raise ConfigError(f"{field}.{key}", f"must be a number in ({lo}, {hi}], got {v!r}")
+            integer(getattr(self, key), f"{field}.{key}", 1)
+        number(self.lr, f"{field}.lr", 0.0, low_open=True)
+        number(self.momentum, f"{field}.momentum", 0.0, 1.0)
+        number(self.weight_decay, f"{field}.weight_decay", 0.0)
+        number(self.lr_decay, f"{field}.lr_decay", 0.0, 1.0, low_open=True)
         return self
 
     def lr_at(self, steps: int) -> float:
