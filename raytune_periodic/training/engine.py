@@ -30,6 +30,7 @@ from raytune_periodic.records import STATUS_DIVERGED, STATUS_OK, PeriodRecord, P
 from raytune_periodic.regularizers import RegularizerSet
 from raytune_periodic.training.batching import iterate_eval, make_batches
 from raytune_periodic.training.metrics import confusion_update, macro_f1
+from raytune_periodic.validation import boolean, integer, number
 
 LossTerm = Callable[[nn.Module], torch.Tensor]
 
@@ -52,31 +53,14 @@ class TrainOptions:
     seed: int = 0
 
     def validate(self, field: str = "train") -> TrainOptions:
-        ints = {"period_length": 1, "periods": 1, "batch_size": 1, "eval_batch_size": 1}
-        for key, low in ints.items():
-            val = getattr(self, key)
-            if isinstance(val, bool) or not isinstance(val, int) or val < low:
-                raise ConfigError(f"{field}.{key}", f"must be an integer >= {low}, got {val!r}")
-        if isinstance(self.val_batches, bool) or not isinstance(self.val_batches, int):
-            raise ConfigError(
-                f"{field}.val_batches", f"must be an integer, got {self.val_batches!r}"
-            )
-        if isinstance(self.eval_every_epochs, bool) or not isinstance(self.eval_every_epochs, int):
-            raise ConfigError(
-                f"{field}.eval_every_epochs", f"must be an integer, got {self.eval_every_epochs!r}"
-            )
-        if self.eval_every_epochs < 0:
-            raise ConfigError(
-                f"{field}.eval_every_epochs", f"must be >= 0, got {self.eval_every_epochs}"
-            )
-        if self.val_batches < 0:
-            raise ConfigError(f"{field}.val_batches", f"must be >= 0, got {self.val_batches}")
-        for key in ("lr", "weight_decay"):
-            val = getattr(self, key)
-            if not isinstance(val, int | float) or not math.isfinite(val) or val < 0:
-                raise ConfigError(f"{field}.{key}", f"must be a finite number >= 0, got {val!r}")
-        if self.lr <= 0:
-            raise ConfigError(f"{field}.lr", f"must be > 0, got {self.lr}")
+        lows = {"period_length": 1, "periods": 1, "batch_size": 1, "eval_batch_size": 1}
+        lows |= {"val_batches": 0, "eval_every_epochs": 0, "num_workers": 0}
+        for key, low in lows.items():
+            integer(getattr(self, key), f"{field}.{key}", low)
+        integer(self.seed, f"{field}.seed")
+        number(self.lr, f"{field}.lr", 0.0, low_open=True)
+        number(self.weight_decay, f"{field}.weight_decay", 0.0)
+        boolean(self.amp, f"{field}.amp")
         resolve_device(self.device, f"{field}.device")
         return self
 

@@ -27,6 +27,7 @@ from raytune_periodic.errors import ConfigError
 from raytune_periodic.models import build_model
 from raytune_periodic.regularizers import WHERE, Placement, insert_regularizers
 from raytune_periodic.training.engine import PeriodEngine, TrainOptions
+from raytune_periodic.validation import boolean, choice, known_keys, mapping, sequence
 
 _PLACEMENT_KEYS = {f.name for f in fields(Placement)}
 _TRAIN_KEYS = {f.name for f in fields(TrainOptions)}
@@ -44,30 +45,25 @@ class RunSpec:
 def _named(section: Any, field_name: str) -> dict[str, Any]:
     if isinstance(section, str):
         section = {"name": section}
-    if not isinstance(section, Mapping):
-        raise ConfigError(field_name, f"expected a mapping with 'name', got {section!r}")
+    section = mapping(section, field_name, "a mapping with 'name'")
     if "name" not in section:
         raise ConfigError(f"{field_name}.name", "missing")
-    return dict(section)
+    return section
 
 
 def parse_placements(items: Any, field_name: str = "regularizers") -> list[Placement]:
     if items is None:
         return []
-    if not isinstance(items, list):
-        raise ConfigError(field_name, f"expected a list, got {type(items).__name__}")
     out = []
-    for i, item in enumerate(items):
+    for i, raw in enumerate(sequence(items, field_name)):
         f = f"{field_name}[{i}]"
-        if not isinstance(item, Mapping):
-            raise ConfigError(f, f"expected a mapping, got {item!r}")
-        for key in item:
-            if key not in _PLACEMENT_KEYS:
-                raise ConfigError(f"{f}.{key}", f"unknown key; valid: {sorted(_PLACEMENT_KEYS)}")
+        item = mapping(raw, f)
+        known_keys(item, _PLACEMENT_KEYS, f)
         if "kind" not in item:
             raise ConfigError(f"{f}.kind", "missing")
-        if item.get("where", "head") not in WHERE:
-            raise ConfigError(f"{f}.where", f"unknown {item['where']!r}; valid: {', '.join(WHERE)}")
+        choice(item.get("where", "head"), f"{f}.where", WHERE)
+        if "per_layer" in item:
+            boolean(item["per_layer"], f"{f}.per_layer")
         out.append(Placement(**item))
     names = [p.group for p in out if not p.per_layer]
     dup = {n for n in names if names.count(n) > 1}
@@ -77,29 +73,20 @@ def parse_placements(items: Any, field_name: str = "regularizers") -> list[Place
 
 
 def parse_train(section: Any, field_name: str = "train") -> TrainOptions:
-    section = section or {}
-    if not isinstance(section, Mapping):
-        raise ConfigError(field_name, f"expected a mapping, got {section!r}")
-    for key in section:
-        if key not in _TRAIN_KEYS:
-            raise ConfigError(f"{field_name}.{key}", f"unknown key; valid: {sorted(_TRAIN_KEYS)}")
+    section = mapping(section or {}, field_name)
+    known_keys(section, _TRAIN_KEYS, field_name)
     return TrainOptions(**section).validate(field_name)
 
 
 def parse_run_spec(data: Mapping[str, Any]) -> RunSpec:
     """Validate the shape of a run spec (names are checked when it is built)."""
-    allowed = {"dataset", "model", "regularizers", "controller", "train"}
-    for key in data:
-        if key not in allowed:
-            raise ConfigError(key, f"unknown key; valid: {sorted(allowed)}")
+    known_keys(data, ("dataset", "model", "regularizers", "controller", "train"), "")
     controller = data.get("controller") or {"type": "constant"}
-    if not isinstance(controller, Mapping):
-        raise ConfigError("controller", f"expected a mapping with 'type', got {controller!r}")
     return RunSpec(
         dataset=_named(data.get("dataset", "digits"), "dataset"),
         model=_named(data.get("model", "mlp"), "model"),
         regularizers=parse_placements(data.get("regularizers")),
-        controller=dict(controller),
+        controller=mapping(controller, "controller", "a mapping with 'type'"),
         train=parse_train(data.get("train")),
     )
 
