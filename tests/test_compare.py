@@ -104,7 +104,15 @@ def test_load_picks_the_latest_invocation(uri: str) -> None:
     assert t3.status == "running"
     assert t3.summary["best_val_f1"] == pytest.approx(0.84)  # from its history
     assert t3.summary["test_f1_at_best"] == pytest.approx(0.81)
-    assert sorted(t3.history) == ["train_f1", "val_f1", "value/dropout"]
+    # the plotted curves, plus what the anytime curves need
+    assert sorted(t3.history) == [
+        "full_val_f1",
+        "period_seconds",
+        "train_f1",
+        "val_f1",
+        "value/dropout",
+    ]
+    assert t3.history["full_val_f1"] == pytest.approx({1: 0.84, 3: 0.79})
     assert len(t3.history["val_f1"]) == 4
     assert load_experiment(uri, EXPERIMENT, "99-old").methods[0].name == "OLD"
     assert load_experiment(uri, EXPERIMENT, "0f1e").invocation_id == INVOCATION  # a prefix

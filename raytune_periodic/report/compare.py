@@ -1,14 +1,17 @@
-"""Pull one invocation's runs out of MLflow and compare its methods (mean ± std over trials).
+"""Pull one invocation's runs out of MLflow and compare its methods.
 
 ``load_experiment`` reads the run tree written by ``tracking.MlflowStore`` (docs/MLFLOW.md):
-three ``search_runs`` calls (invocations, methods, trials) plus one ``get_metric_history`` per
-plotted metric per trial; trials without summary metrics (still running, or the driver died)
-get theirs computed from their full history, as ``finish_trial`` would have.
+three ``search_runs`` calls (invocations, methods, trials) plus the per-step histories the
+report plots, read in bulk (``history.fetch_histories``: a few queries for all trials, not one
+call per trial per metric); trials without summary metrics (still running, or the driver died)
+get theirs computed from their full history, as ``finish_trial`` would have. Two trial runs
+with the same ``rp.trial_id`` (a re-delivered spool, a manual copy) are one trial: the most
+complete is kept, with a warning. The table lives in ``report.table`` (re-exported here).
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,18 +19,26 @@ from typing import Any
 from raytune_periodic._imports import require
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.protocol.mlflow_layout import (
+    EXPLOITED,
     KIND_INVOCATION,
     KIND_METHOD,
     KIND_TRIAL,
+    STATUS_ERROR,
+    STATUS_RUNNING,
     TAG_INVOCATION,
     TAG_KIND,
     TAG_METHOD,
     TAG_SEARCH,
-    TAG_SEED,
     TAG_STATUS,
     TAG_TRIAL,
     VALUE_PREFIX,
     tag_filter,
+)
+from raytune_periodic.report.history import fetch_histories
+from raytune_periodic.report.table import (  # noqa: F401  (re-exported)
+    TABLE_COLUMNS,
+    method_table,
+    render_table,
 )
 from raytune_periodic.tracking import (
     COST_KEYS,
@@ -38,8 +49,9 @@ from raytune_periodic.tracking import (
     summarize,
 )
 
-#: per-step metrics loaded for every trial (plus each ``value/<name>``)
-PLOT_KEYS = ("val_f1", "train_f1")
+#: per-step metrics loaded for every trial (plus each ``value/<name>``): the F1 curves, and
+#: what the anytime curves need (the full-validation F1 at epoch ends, the seconds per period)
+PLOT_KEYS = ("val_f1", "train_f1", "full_val_f1", "period_seconds")
 #: per-step metrics loaded to compute the summary of a trial that has none
 SUMMARY_INPUTS = (
     "period",
@@ -96,6 +108,8 @@ class ExperimentData:
     invocation_run_id: str
     invocation_params: dict[str, str]
     methods: list[MethodData]
+    #: what the reader should know about the data (duplicated trial runs, ...), one line each
+    messages: list[str] = field(default_factory=list)
 
     @property
     def trials(self) -> list[TrialData]:
@@ -129,8 +143,8 @@ def load_experiment(
         name = run.data.tags.get(TAG_METHOD, run.info.run_name)
         search = run.data.tags.get(TAG_SEARCH, "")
         methods[name] = MethodData(name, search, run.info.run_id, dict(run.data.params))
-    for run in _search(client, eid, KIND_TRIAL, inv_id):
-        trial = _trial(client, run)
+    messages: list[str] = []
+    for trial in _trials(client, _search(client, eid, KIND_TRIAL, inv_id), messages):
         if trial.method not in methods:  # its method run is missing: keep the trial anyway
             methods[trial.method] = MethodData(trial.method, "", None, {})
         methods[trial.method].trials.append(trial)
@@ -144,6 +158,7 @@ def load_experiment(
         invocation_run_id=invocation.info.run_id,
         invocation_params=dict(invocation.data.params),
         methods=list(methods.values()),
+        messages=messages,
     )
 
 
@@ -181,184 +196,72 @@ def _pick_invocation(runs: Sequence[Any], invocation_id: str | None) -> Any:
     return hits[0]
 
 
-def _trial(client: Any, run: Any) -> TrialData:
-    tags, metrics = dict(run.data.tags), dict(run.data.metrics)
-    has_summary = "n_periods" in metrics
+def _trials(client: Any, runs: Sequence[Any], messages: list[str]) -> list[TrialData]:
+    """The trial runs, de-duplicated by trial id, with their histories read in bulk."""
+    runs = _dedupe(runs, messages)
+    wanted = {run.info.run_id: _history_keys(run) for run in runs}
+    histories = fetch_histories(client, wanted)
+    return [_trial(run, histories.get(run.info.run_id, {})) for run in runs]
+
+
+def _trial_key(run: Any) -> tuple[str, str]:
+    return run.data.tags.get(TAG_METHOD, "?"), run.data.tags.get(TAG_TRIAL, run.info.run_name)
+
+
+def _completeness(run: Any) -> tuple[int, int, float]:
+    """Finished before running (``error`` ranks below a finished ``ok``/``diverged``), then
+    more periods logged."""
+    status = run.data.tags.get(TAG_STATUS, STATUS_RUNNING)
+    rank = {STATUS_RUNNING: 0, STATUS_ERROR: 1}.get(status, 2)
+    metrics = run.data.metrics
+    steps = metrics.get("n_periods", metrics.get("period", -1.0))
+    return int("n_periods" in metrics), rank, float(steps) if is_finite(steps) else -1.0
+
+
+def _dedupe(runs: Sequence[Any], messages: list[str]) -> list[Any]:
+    """One run per trial id: the most complete (the earliest of equals); warns for the rest."""
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for run in runs:
+        groups.setdefault(_trial_key(run), []).append(run)
+    kept = []
+    for (method, trial_id), group in groups.items():
+        best = max(group, key=_completeness)  # max keeps the first of equals: start order
+        kept.append(best)
+        if len(group) > 1:
+            others = ", ".join(r.info.run_id for r in group if r is not best)
+            status = best.data.tags.get(TAG_STATUS, STATUS_RUNNING)
+            msg = (
+                f"trial {trial_id} of {method} has {len(group)} runs: kept run "
+                f"{best.info.run_id} ({status}), ignored {others}"
+            )
+            warnings.warn(msg, UserWarning, stacklevel=4)
+            messages.append(msg)
+    return kept
+
+
+def _history_keys(run: Any) -> list[str]:
+    metrics = run.data.metrics
     keys = {k for k in metrics if k.startswith(VALUE_PREFIX)} | set(PLOT_KEYS)
-    if not has_summary:
-        keys |= set(SUMMARY_INPUTS) | {"exploited"}
-    history: dict[str, dict[int, float]] = {}
-    for key in sorted(keys & set(metrics)):
-        points = client.get_metric_history(run.info.run_id, key)
-        history[key] = {m.step: m.value if is_finite(m.value) else math.nan for m in points}
-    if has_summary:
+    if "n_periods" not in metrics:
+        keys |= set(SUMMARY_INPUTS) | {EXPLOITED}
+    return sorted(keys & set(metrics))
+
+
+def _trial(run: Any, history: dict[str, dict[int, float]]) -> TrialData:
+    tags, metrics = dict(run.data.tags), dict(run.data.metrics)
+    if "n_periods" in metrics:
         summary = {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
     else:
         steps = sorted({s for h in history.values() for s in h})
         records = [{k: h[s] for k, h in history.items() if s in h} | {"step": s} for s in steps]
-        summary = summarize(records, n_exploits=len(history.get("exploited", {})))
+        summary = summarize(records, n_exploits=len(history.get(EXPLOITED, {})))
     return TrialData(
         run_id=run.info.run_id,
         trial_id=tags.get(TAG_TRIAL, run.info.run_name),
         method=tags.get(TAG_METHOD, "?"),
-        status=tags.get(TAG_STATUS, "running"),
+        status=tags.get(TAG_STATUS, STATUS_RUNNING),
         params=dict(run.data.params),
         tags=tags,
         summary=summary,
         history={k: v for k, v in history.items() if k in PLOT_KEYS or k.startswith(VALUE_PREFIX)},
     )
-
-
-# ----------------------------------------------------------------------------- the table
-TABLE_COLUMNS = (
-    "method",
-    "search",
-    "n_trials",
-    "n_diverged",
-    "n_errors",
-    "n_seeds",
-    "sel_val_f1_mean",
-    "sel_val_f1_std",
-    "sel_test_f1_mean",
-    "sel_test_f1_std",
-    "best_val_f1",
-    "val_f1_mean",
-    "val_f1_std",
-    "test_f1_mean",
-    "test_f1_std",
-    "final_test_f1_mean",
-    "final_test_f1_std",
-    "gap_mean",
-    "gap_std",
-    "trial_seconds",
-    "passes",
-    "t_ori_per_seed",
-)
-
-
-def method_table(data: ExperimentData) -> Any:
-    """One row per method (a pandas DataFrame with ``TABLE_COLUMNS``).
-
-    ``val_f1``/``test_f1``/``gap`` are the mean and sample std (ddof=1; NaN for one trial) of
-    the trials' ``best_val_f1``/``test_f1_at_best``/``final_gap``, over the trials that did not
-    end in ``error``; ``best_val_f1`` is their max. ``trial_seconds`` and ``passes`` sum over
-    all trials (the compute spent, failed trials included).
-
-    ``sel_*`` is the result of the method as a search: for each seed (``rp.seed``) the trial
-    with the highest ``best_val_f1`` is selected and its ``best_val_f1``/``test_f1_at_best``
-    taken; mean and sample std over seeds. This is the fair head-to-head number, because every
-    method spends the same budget (trials x periods) per seed.
-    """
-    pd = require("pandas")
-    rows = []
-    for method in data.methods:
-        scored = [t for t in method.trials if t.status != "error"]
-
-        def col(key: str, trials: Sequence[TrialData] = scored) -> Any:
-            return pd.Series([t.summary.get(key, math.nan) for t in trials], dtype=float)
-
-        best, test, gap = col("best_val_f1"), col("test_f1_at_best"), col("final_gap")
-        final_test = col("final_test_f1")
-        sel_val, sel_test = _selected(scored, pd)
-        rows.append(
-            {
-                "method": method.name,
-                "search": method.search,
-                "n_trials": len(method.trials),
-                "n_diverged": sum(t.status == "diverged" for t in method.trials),
-                "n_errors": len(method.trials) - len(scored),
-                "n_seeds": len(sel_val),
-                "sel_val_f1_mean": sel_val.mean(),
-                "sel_val_f1_std": sel_val.std(),
-                "sel_test_f1_mean": sel_test.mean(),
-                "sel_test_f1_std": sel_test.std(),
-                "best_val_f1": best.max(),
-                "val_f1_mean": best.mean(),
-                "val_f1_std": best.std(),
-                "test_f1_mean": test.mean(),
-                "test_f1_std": test.std(),
-                "final_test_f1_mean": final_test.mean(),
-                "final_test_f1_std": final_test.std(),
-                "gap_mean": gap.mean(),
-                "gap_std": gap.std(),
-                "trial_seconds": col("trial_seconds", method.trials).sum(),
-                "passes": col("total_passes", method.trials).sum(),
-                # Table 5's cost unit: trainings of the original network; a period-engine
-                # trial is one, surrogate methods report theirs (surrogate work by FLOPs)
-                "t_ori_per_seed": sum(t.summary.get("cost_t_ori", 1.0) for t in method.trials)
-                / max(len({t.tags.get(TAG_SEED, "?") for t in method.trials}), 1),
-            }
-        )
-    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-
-
-def _selected(trials: Sequence[TrialData], pd: Any) -> tuple[Any, Any]:
-    """Per seed, the best-validation trial's (val F1, test F1), as two Series over seeds."""
-    best: dict[str, TrialData] = {}
-    for t in trials:
-        score = t.summary.get("best_val_f1", math.nan)
-        if not is_finite(score):
-            continue
-        seed = t.tags.get(TAG_SEED, "?")
-        if seed not in best or score > best[seed].summary["best_val_f1"]:
-            best[seed] = t
-    chosen = [best[s] for s in sorted(best)]
-    val = pd.Series([t.summary["best_val_f1"] for t in chosen], dtype=float)
-    test = pd.Series([t.summary.get("test_f1_at_best", math.nan) for t in chosen], dtype=float)
-    return val, test
-
-
-_MD_HEADER = (
-    "method",
-    "search",
-    "trials",
-    "diverged",
-    "errors",
-    "seeds",
-    "selected val F1",
-    "selected test F1",
-    "test F1 (all)",
-    "final test F1",
-    "gap",
-    "seconds",
-    "passes",
-    "T_ori/seed",
-)
-
-
-def render_table(df: Any, fmt: str = "md") -> str:
-    """The method table as markdown (mean ± std, 3 decimals) or CSV (every column, raw)."""
-    if fmt == "csv":
-        return str(df.to_csv(index=False))
-    if fmt != "md":
-        raise ConfigError("format", f"unknown table format {fmt!r}; valid: md, csv")
-    lines = ["| " + " | ".join(_MD_HEADER) + " |", "|" + "---|" * len(_MD_HEADER)]
-    for row in df.to_dict("records"):
-        cells = [
-            str(row["method"]),
-            str(row["search"]),
-            str(row["n_trials"]),
-            str(row["n_diverged"]),
-            str(row["n_errors"]),
-            str(row["n_seeds"]),
-            _pm(row["sel_val_f1_mean"], row["sel_val_f1_std"]),
-            _pm(row["sel_test_f1_mean"], row["sel_test_f1_std"]),
-            _pm(row["test_f1_mean"], row["test_f1_std"]),
-            _pm(row["final_test_f1_mean"], row["final_test_f1_std"]),
-            _pm(row["gap_mean"], row["gap_std"]),
-            _num(row["trial_seconds"], ".1f"),
-            _num(row["passes"], ".0f"),
-            _num(row["t_ori_per_seed"], ".2f"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _num(x: float, spec: str = ".3f") -> str:
-    return format(x, spec) if is_finite(x) else "–"
-
-
-def _pm(mean: float, std: float) -> str:
-    if not is_finite(mean):
-        return "–"
-    return f"{mean:.3f} ± {std:.3f}" if is_finite(std) else f"{mean:.3f}"
