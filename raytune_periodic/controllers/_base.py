@@ -14,13 +14,13 @@ Lifecycle, as the engine calls it::
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.records import PeriodRecord, PeriodState
+from raytune_periodic.validation import bounded_range
 
 
 class Controller(ABC):
@@ -69,14 +69,4 @@ def check_range(
     field: str, lo: float, hi: float, bounds: tuple[float, float] | None = None
 ) -> tuple[float, float]:
     """Validate a ``[lo, hi]`` range (lo ≤ hi, finite, inside ``bounds``); one-line errors."""
-    try:
-        lo, hi = float(lo), float(hi)
-    except (TypeError, ValueError):
-        raise ConfigError(field, f"expected [low, high] numbers, got [{lo!r}, {hi!r}]") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ConfigError(field, f"range must be finite, got [{lo}, {hi}]")
-    if lo > hi:
-        raise ConfigError(field, f"low must be <= high, got [{lo}, {hi}]")
-    if bounds is not None and (lo < bounds[0] or hi > bounds[1]):
-        raise ConfigError(field, f"range [{lo}, {hi}] outside valid [{bounds[0]}, {bounds[1]}]")
-    return lo, hi
+    return bounded_range((lo, hi), field, bounds)

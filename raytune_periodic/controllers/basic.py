@@ -10,6 +10,26 @@ import numpy as np
 from raytune_periodic.controllers._base import Controller, check_range
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.records import PeriodState
+from raytune_periodic.validation import (
+    boolean,
+    bounded_range,
+    choice,
+    fraction,
+    integer,
+    mapping,
+    number,
+    sequence,
+    string,
+)
+
+
+def _values(values: object, field: str) -> dict[str, float]:
+    """``{group: number}``, each value checked under ``field.group``."""
+    return {k: number(v, f"{field}.{k}") for k, v in mapping(values, field).items()}
+
+
+def _numbers(values: object, field: str) -> list[float]:
+    return [number(v, field) for v in sequence(values, field)]
 
 
 class ConstantController(Controller):
@@ -19,7 +39,7 @@ class ConstantController(Controller):
 
     def __init__(self, values: Mapping[str, float] | None = None) -> None:
         super().__init__()
-        self.values = {k: float(v) for k, v in (values or {}).items()}
+        self.values = _values(values or {}, "controller.values")
 
     def controlled(self) -> list[str]:
         return list(self.values)
@@ -52,25 +72,21 @@ class PeriodicRandomController(Controller):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if distribution not in ("uniform", "choice"):
-            raise ConfigError(
-                "controller.distribution", f"unknown {distribution!r}; valid: uniform, choice"
-            )
-        if int(every) < 1:
-            raise ConfigError("controller.every", f"must be >= 1, got {every}")
-        self.distribution = distribution
-        self.ranges = {k: tuple(v) for k, v in (ranges or {}).items()}
-        self.choices = {k: [float(x) for x in v] for k, v in (choices or {}).items()}
+        self.distribution = choice(distribution, "controller.distribution", ("uniform", "choice"))
+        self.every = integer(every, "controller.every", 1)
+        self.ranges = {
+            k: bounded_range(v, f"controller.ranges.{k}")
+            for k, v in mapping(ranges or {}, "controller.ranges").items()
+        }
+        self.choices = {
+            k: _numbers(v, f"controller.choices.{k}")
+            for k, v in mapping(choices or {}, "controller.choices").items()
+        }
         source = self.ranges if distribution == "uniform" else self.choices
         if not source:
             key = "ranges" if distribution == "uniform" else "choices"
             raise ConfigError(f"controller.{key}", "needs at least one regularizer group")
-        for name, rng in self.ranges.items():
-            if len(rng) != 2:
-                raise ConfigError(f"controller.ranges.{name}", f"expected [low, high], got {rng}")
-            check_range(f"controller.ranges.{name}", *rng)
-        self.every = int(every)
-        self.seed = int(seed)
+        self.seed = integer(seed, "controller.seed")
         self.rng = np.random.default_rng(self.seed)
         self.current: dict[str, float] = {}
 
@@ -124,18 +140,14 @@ class ToggleController(Controller):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if mode not in ("bernoulli", "every"):
-            raise ConfigError("controller.mode", f"unknown {mode!r}; valid: bernoulli, every")
-        if not 0.0 <= float(p) <= 1.0:
-            raise ConfigError("controller.p", f"must be in [0, 1], got {p}")
-        if int(every) < 1:
-            raise ConfigError("controller.every", f"must be >= 1, got {every}")
-        if not names:
+        self.mode = choice(mode, "controller.mode", ("bernoulli", "every"))
+        self.p = fraction(p, "controller.p")
+        self.every = integer(every, "controller.every", 1)
+        self.names = [string(n, "controller.names") for n in sequence(names, "controller.names")]
+        if not self.names:
             raise ConfigError("controller.names", "needs at least one regularizer group")
-        self.names = list(names)
-        self.mode, self.p, self.every = mode, float(p), int(every)
-        self.on, self.off = float(on), float(off)
-        self.seed = int(seed)
+        self.on, self.off = number(on, "controller.on"), number(off, "controller.off")
+        self.seed = integer(seed, "controller.seed")
         self.rng = np.random.default_rng(self.seed)
 
     def controlled(self) -> list[str]:
@@ -175,10 +187,11 @@ class ScheduleController(Controller):
 
     def __init__(self, schedule: Sequence[Mapping[str, float]], hold_last: bool = True) -> None:
         super().__init__()
-        if not schedule:
+        rows = sequence(schedule, "controller.schedule")
+        if not rows:
             raise ConfigError("controller.schedule", "must have at least one period")
-        self.schedule = [{k: float(v) for k, v in row.items()} for row in schedule]
-        self.hold_last = hold_last
+        self.schedule = [_values(row, f"controller.schedule[{i}]") for i, row in enumerate(rows)]
+        self.hold_last = boolean(hold_last, "controller.hold_last")
 
     def controlled(self) -> list[str]:
         return sorted({k for row in self.schedule for k in row})
