@@ -193,7 +193,7 @@ def test_mismatched_agent_checkpoint_is_a_one_line_error(trained: Any, tmp_path:
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"groups": {"dropout": [0, 1.5]}}, r"groups\.dropout: range \[0.0, 1.5\] outside valid"),
+        ({"groups": {"dropout": [0, 1.5]}}, r"groups\.dropout: range \[0, 1.5\] outside valid"),
         ({"groups": {"missing": [0, 0.5]}}, "no regularizer group 'missing'"),
         ({"groups": {"dropout": [0.5, 0.5]}}, "low must be < high"),
         ({"groups": {"dropout": [0, 0.5]}, "reward": "acc"}, "unknown reward 'acc'; valid: gap"),
@@ -242,7 +242,7 @@ def test_many_children_bad_input_fails_before_ray() -> None:
         many_children_config(SPEC, {"dropout": [0, 0.5]}, layout="mesh")
     with pytest.raises(ConfigError, match=r"children\.groups\.dropout: range"):
         many_children_config(SPEC, {"dropout": [0, 2.0]})
-    with pytest.raises(ConfigError, match="children.bogus: unknown option"):
+    with pytest.raises(ConfigError, match="children.bogus: unknown key"):
         many_children_config(SPEC, {"dropout": [0, 0.5]}, bogus=1)
 
 

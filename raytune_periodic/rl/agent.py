@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ import torch
 from raytune_periodic._imports import require
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.rl.mdp import OBS_HIGH
+from raytune_periodic.validation import fraction, integer, number, sequence
 
 META_FILE = "raytune_periodic_agent.json"
 AGENT_FORMAT = "raytune_periodic.ppo_agent/1"
@@ -57,31 +57,22 @@ class PPOOptions:
     seed: int = 0  #: seeds network init, exploration noise and minibatch shuffling
 
     def validate(self, field: str = "controller") -> PPOOptions:
-        for key in ("lr", "gamma", "gae_lambda", "entropy_coeff", "clip_param"):
-            val = getattr(self, key)
-            if isinstance(val, bool) or not isinstance(val, int | float) or not math.isfinite(val):
-                raise ConfigError(f"{field}.{key}", f"must be a finite number, got {val!r}")
-        if self.lr <= 0:
-            raise ConfigError(f"{field}.lr", f"must be > 0, got {self.lr}")
+        number(self.lr, f"{field}.lr", 0.0, low_open=True)
         for key in ("gamma", "gae_lambda"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise ConfigError(f"{field}.{key}", f"must be in [0, 1], got {getattr(self, key)}")
+            fraction(getattr(self, key), f"{field}.{key}")
+        for key in ("entropy_coeff", "clip_param"):
+            number(getattr(self, key), f"{field}.{key}")
         for key, low in (("train_batch_size", 2), ("minibatch_size", 1), ("num_epochs", 1)):
-            val = getattr(self, key)
-            if isinstance(val, bool) or not isinstance(val, int) or val < low:
-                raise ConfigError(f"{field}.{key}", f"must be an integer >= {low}, got {val!r}")
+            integer(getattr(self, key), f"{field}.{key}", low)
         if self.minibatch_size > self.train_batch_size:
             raise ConfigError(
                 f"{field}.minibatch_size",
                 f"must be <= train_batch_size ({self.train_batch_size}), got {self.minibatch_size}",
             )
-        hidden = tuple(self.hidden) if isinstance(self.hidden, Sequence) else ()
-        if not hidden or any(
-            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden
-        ):
-            raise ConfigError(
-                f"{field}.hidden", f"expected a list of positive ints, got {self.hidden}"
-            )
+        what, where = "a list of positive ints", f"{field}.hidden"
+        hidden = tuple(integer(h, where, 1) for h in sequence(self.hidden, where, what))
+        if not hidden:
+            raise ConfigError(where, f"expected {what}, got {self.hidden!r}")
         self.hidden = hidden
         return self
 

@@ -34,11 +34,11 @@ import numpy as np
 
 from raytune_periodic._imports import require
 from raytune_periodic.controllers._base import Controller
-from raytune_periodic.errors import ConfigError
 from raytune_periodic.records import STATUS_OK, PeriodState
 from raytune_periodic.rl.agent import PPOOptions, export_module, ppo_config, spaces
 from raytune_periodic.rl.mdp import MDP, check_record, make_reward, parse_groups, resolve_groups
 from raytune_periodic.training.spec import build_engine, parse_run_spec
+from raytune_periodic.validation import choice, integer, known_keys, number
 
 LAYOUTS = ("local", "runners")
 
@@ -162,17 +162,10 @@ def many_children_config(
     """
     require("ray.rllib")
     field = "children"
-    if isinstance(children, bool) or not isinstance(children, int) or children < 1:
-        raise ConfigError(f"{field}.children", f"must be an integer >= 1, got {children!r}")
-    if layout not in LAYOUTS:
-        raise ConfigError(f"{field}.layout", f"unknown {layout!r}; valid: {', '.join(LAYOUTS)}")
-    if "hidden" in ppo:
-        ppo["hidden"] = tuple(ppo["hidden"])
-    unknown = set(ppo) - set(PPOOptions.__dataclass_fields__)
-    if unknown:
-        valid = ", ".join(PPOOptions.__dataclass_fields__)
-        raise ConfigError(f"{field}.{sorted(unknown)[0]}", f"unknown option; valid: {valid}")
-    options = PPOOptions(**ppo).validate(field)
+    children = integer(children, f"{field}.children", 1)
+    choice(layout, f"{field}.layout", LAYOUTS)
+    known_keys(ppo, PPOOptions.__dataclass_fields__, field)
+    options = PPOOptions(**ppo).validate(field)  # validate() turns a hidden list into a tuple
     make_reward(reward, gap_lambda, field)
     spec = parse_run_spec(run_spec)  # shape errors now
     probe = ActionBridge(parse_groups(groups, f"{field}.groups"))
@@ -182,8 +175,8 @@ def many_children_config(
         "run_spec": dict(run_spec),
         "groups": {k: list(v) for k, v in probe.resolved.items()},
         "reward": reward,
-        "gap_lambda": float(gap_lambda),
-        "seed_stride": int(seed_stride),
+        "gap_lambda": number(gap_lambda, f"{field}.gap_lambda"),
+        "seed_stride": integer(seed_stride, f"{field}.seed_stride"),
     }
     config = ppo_config(options, mdp.obs_dim, mdp.action_dim)
     config.environment(ChildTrainingEnv, env_config=env_config)
