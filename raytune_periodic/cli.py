@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from raytune_periodic.config import ExperimentConfig
 
 
+URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="raytune-periodic",
@@ -35,19 +38,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY.PATH=VALUE",
         help="override a config value (YAML-parsed), repeatable",
     )
-    run.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    run.add_argument("--mlflow-uri", help=URI_HELP)
     run.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     run.add_argument("--storage-path", help="Tune storage path (default: ./runs/ray_results)")
     run.add_argument(
         "--resume",
         action="store_true",
-        help="restore unfinished Tuners of the last invocation and finish them",
+        help="restore unfinished Tuners of the last invocation and finish them (errored trials "
+        "are retried)",
+    )
+    run.add_argument(
+        "--restart",
+        action="store_true",
+        help="start a new invocation even though the last one did not finish",
     )
     _smoke_args(run)
 
     cmp_ = sub.add_parser("compare", help="method table and plots of an experiment from MLflow")
     cmp_.add_argument("experiment", help="MLflow experiment name (the config's name)")
-    cmp_.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    cmp_.add_argument("--mlflow-uri", help=URI_HELP)
     cmp_.add_argument("--out", help="directory for the table file and PNG plots")
     cmp_.add_argument("--format", choices=["md", "csv", "html", "json"], default="md")
     cmp_.add_argument("--invocation", help="invocation id (default: the latest)")
@@ -69,13 +78,13 @@ def _parser() -> argparse.ArgumentParser:
         help="test-split indices of the first run's dataset, or image files (default: 0 1 2 3)",
     )
     cam.add_argument("--out", default="gradcam.png", help="PNG path (default: ./gradcam.png)")
-    cam.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    cam.add_argument("--mlflow-uri", help=URI_HELP)
 
     rep = sub.add_parser(
         "replay", help="export a trial's per-period schedule from MLflow and replay it"
     )
     rep.add_argument("run_id", help="the trial run whose value/<group> schedule to replay")
-    rep.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    rep.add_argument("--mlflow-uri", help=URI_HELP)
     rep.add_argument(
         "--export", metavar="FILE", help="write the method entry (YAML) to FILE, not stdout"
     )
@@ -156,16 +165,27 @@ def _config(args: argparse.Namespace) -> Iterator[ExperimentConfig]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from raytune_periodic.tuning.runner import run_experiment
+    from raytune_periodic.tuning.runner import RunInterrupted, run_experiment
 
+    if args.resume and args.restart:
+        raise ConfigError("--restart", "give --resume or --restart, not both")
     with _config(args) as cfg:
-        outcome = run_experiment(
-            cfg,
-            address=args.address,
-            storage_path=args.storage_path,
-            mlflow_uri=args.mlflow_uri,
-            resume=args.resume,
-        )
+        try:
+            outcome = run_experiment(
+                cfg,
+                address=args.address,
+                storage_path=args.storage_path,
+                mlflow_uri=args.mlflow_uri,
+                resume=args.resume,
+                restart=args.restart,
+            )
+        except RunInterrupted as exc:
+            print(f"interrupted: {exc}", file=sys.stderr)
+            return 130
+    if not outcome.ok:
+        from raytune_periodic.tuning.runner import TrialsErroredError
+
+        print(f"error: {TrialsErroredError(outcome)}", file=sys.stderr)
     print(
         f"experiment {outcome.experiment!r} invocation {outcome.invocation_id} finished in "
         f"{outcome.seconds:.0f} s; MLflow: {outcome.tracking_uri}; Tune: {outcome.storage_path}"
@@ -174,7 +194,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"compare with: raytune-periodic compare {outcome.experiment}"
         + (f" --mlflow-uri {args.mlflow_uri}" if args.mlflow_uri else "")
     )
-    return 0
+    return 0 if outcome.ok else 1
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -243,10 +263,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     with _config(args) as cfg:
         pass
-    from raytune_periodic.tuning.methods import build_method
-
-    per_seed = [build_method(n, e, cfg.trials).trials_per_seed() for n, e in cfg.methods.items()]
+    per_seed = [plan.method.trials_per_seed() for plan in cfg.plan.values()]
     n_trials = sum(per_seed) * len(cfg.seeds)
+    for reg, names in cfg.plugins.items():
+        print(f"plugins ({reg}): " + ", ".join(f"{n} = {p}" for n, p in names.items()))
     print(
         f"ok: {cfg.name}: {len(cfg.methods)} methods x {len(cfg.seeds)} seeds "
         f"({'+'.join(map(str, per_seed))} trials per seed) x {cfg.periods} periods = "
@@ -256,7 +276,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from raytune_periodic.controllers import CONTROLLERS
+    from raytune_periodic.controllers import CONTROLLERS, REWARDS
     from raytune_periodic.data import DATASETS
     from raytune_periodic.models import MODELS
     from raytune_periodic.regularizers import REGULARIZERS, WHERE
@@ -268,6 +288,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         ("regularizers", REGULARIZERS.names()),
         ("placements", list(WHERE)),
         ("controllers", CONTROLLERS.names()),
+        ("rewards", REWARDS.names()),
         ("searches", METHODS.names()),
     ]
     for name, items in rows:

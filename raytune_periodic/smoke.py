@@ -10,13 +10,13 @@
 - every method is kept; only the first seed; ``budget.periods`` = 2; ``budget.trials`` = 1 (2 when
   a PBT/PB2 method needs a population) with grids cut to that many points; one pass per period,
   small batches, the CPU; one trial per CPU, no GPU; ResNets get the ImageNet stem;
-- the knobs that make a method slow shrink: PPO batch sizes and epochs, PBT intervals, toggle and
-  periodic intervals (so a 2-period run still toggles), surrogate populations, grids, ``ni_epochs``
-  and solver batches (candidates run serially: no extra Ray bundles);
+- each method shrinks the knobs that make it slow (``SearchMethod.smoke_entry``: grids cut to the
+  trial count, PBT intervals, surrogate populations; a controller method asks its controller,
+  ``Controller.smoke_options``: PPO batch sizes, toggle and periodic intervals);
 - the experiment name gains ``-smoke`` so smoke runs never mix with real ones in MLflow.
 
-Core module: imports only the core (``data.synthetic``: numpy, PIL), never Ray, MLflow, Optuna or
-Nevergrad.
+Imports the core (``data.synthetic``: numpy, PIL) and the method classes (no Ray, MLflow, Optuna
+or Nevergrad at import).
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ SMOKE_TRAIN: dict[str, Any] = {
 }
 SMALL_TRAIN_SIZE = {"digits": 100, "iris": 30}
 IMAGENET_STEM = {"resnet18", "resnet34"}  # small_stem: false keeps 32/48 px inputs cheap
-PPO_KNOBS = {"train_batch_size": 2, "minibatch_size": 2, "num_epochs": 1}
-SURROGATE_SEARCHES = {"surrogate_de", "surrogate_pso", "ea_original", "sparseness_grid"}
-SOLVER = {"batch_size": 16, "eval_batch_size": 64}
 
 
 def _tag(names: list[str]) -> str:
@@ -145,45 +142,16 @@ def _smoke_model(spec: MutableMapping[str, Any]) -> None:
         spec["model"] = {**model, "small_stem": False}
 
 
-def _cut_grid(grid: Mapping[str, list[Any]], points: int) -> dict[str, list[Any]]:
-    """The grid cut to exactly ``points`` points (1, or 2 from the first group with 2 values)."""
-    out = {g: list(v[:1]) for g, v in grid.items()}
-    if points > 1:
-        for g, values in grid.items():
-            if len(values) >= points:
-                out[g] = list(values[:points])
-                break
-    return out
+def _method_class(name: str, entry: Any) -> Any:
+    """The method's ``SearchMethod`` class, or None where validation will report the entry."""
+    from raytune_periodic.tuning.methods import method_class
 
-
-def _smoke_controller(ctrl: MutableMapping[str, Any]) -> None:
-    kind = ctrl.get("type")
-    if kind == "ppo":
-        ctrl.update(PPO_KNOBS)
-    if kind in ("toggle", "periodic_random") and "every" in ctrl:
-        ctrl["every"] = 1
-
-
-def _smoke_surrogate(entry: MutableMapping[str, Any], search: str) -> None:
-    entry["ni_epochs"] = 1.0
-    entry.pop("max_iter_epochs", None)  # derived again: budget.periods × ni_epochs
-    if search == "sparseness_grid":
-        if "points" in entry and isinstance(entry["points"], list):
-            entry["points"] = entry["points"][:1]
-        else:
-            entry["n_p"], entry["n_lambda"] = 1, 1
-    else:
-        is_pso = search == "surrogate_pso" or entry.get("optimizer") == "pso"
-        entry["popsize"] = min(int(entry.get("popsize", 6)), 2 if is_pso else 4)
-        entry["executor"] = "serial"
-        entry["replicates"] = 1
-        entry.pop("cpus_per_candidate", None)
-        entry.pop("gpus_per_candidate", None)
-    solver = dict(entry.get("solver") or {})
-    solver.update(SOLVER)
-    entry["solver"] = solver
-    if "device" in entry:
-        entry["device"] = "cpu"
+    if not isinstance(entry, Mapping):
+        return None
+    try:
+        return method_class(name, entry)
+    except ConfigError:
+        return None
 
 
 def smoke_config(raw: Mapping[str, Any], workdir: str | Path) -> dict[str, Any]:
@@ -206,11 +174,8 @@ def smoke_config(raw: Mapping[str, Any], workdir: str | Path) -> dict[str, Any]:
         data["seeds"] = seeds[:1]
 
     methods = data.get("methods") if isinstance(data.get("methods"), dict) else {}
-    searches = {
-        name: (e.get("search") or "controller") if isinstance(e, Mapping) else None
-        for name, e in methods.items()
-    }
-    trials = 2 if {"pbt", "pb2"} & set(searches.values()) else 1
+    classes = {name: _method_class(name, e) for name, e in methods.items()}
+    trials = max([c.min_trials for c in classes.values() if c is not None], default=1)
     budget = dict(data.get("budget") or {})
     budget.update({"periods": SMOKE_PERIODS, "trials": trials})
     data["budget"] = budget
@@ -228,7 +193,6 @@ def smoke_config(raw: Mapping[str, Any], workdir: str | Path) -> dict[str, Any]:
     for name, entry in methods.items():
         if not isinstance(entry, dict):
             continue  # validation reports it
-        search = searches[name]
         over = entry.get("base")
         if isinstance(over, dict):
             if "dataset" in over:
@@ -241,16 +205,8 @@ def smoke_config(raw: Mapping[str, Any], workdir: str | Path) -> dict[str, Any]:
                 over["train"] = _smoke_train(over["train"])
             if "model" in over:
                 _smoke_model(over)
-        if isinstance(entry.get("controller"), dict):
-            _smoke_controller(entry["controller"])
-        if search == "grid" and isinstance(entry.get("grid"), Mapping):
-            entry["grid"] = _cut_grid(entry["grid"], trials)
-        if search in ("pbt", "pb2"):
-            entry["perturbation_interval"] = 1
-        if search == "optuna":
-            entry["n_startup_trials"] = 1
-        if search in SURROGATE_SEARCHES:
-            _smoke_surrogate(entry, str(search))
+        if classes[name] is not None:
+            classes[name].smoke_entry(entry, trials)
 
     tune = dict(data.get("tune") or {})
     tune.update({"iteration_periods": 1, "checkpoint_every": SMOKE_PERIODS})

@@ -76,7 +76,7 @@ def test_bad_entries_are_one_line_errors(entry: dict[str, Any], field: str) -> N
 
 
 def test_a_model_without_two_fc_head_names_base_model() -> None:
-    from raytune_periodic.tuning.surrogate_method import SurrogateDE, SurrogatePSO
+    from raytune_periodic.tuning.methods.surrogate import SurrogateDE, SurrogatePSO
 
     SurrogatePSO.check_base("M", {}, BASE, (1, 8, 8))  # LeNet has the head
     with pytest.raises(ConfigError) as err:
@@ -96,7 +96,8 @@ def test_a_model_without_two_fc_head_names_base_model() -> None:
 def test_fixed_run_equals_train_original() -> None:
     from raytune_periodic.data import load_dataset
     from raytune_periodic.surrogate import HypParaSet, train_original
-    from raytune_periodic.tuning.surrogate_method import FixedRun, hpo_config
+    from raytune_periodic.tuning.methods.surrogate import hpo_config
+    from raytune_periodic.tuning.surrogate_trainable import FixedRun
 
     torch.set_num_threads(1)
     data = load_dataset("digits", train_size=160, seed=0)
@@ -109,7 +110,7 @@ def test_fixed_run_equals_train_original() -> None:
 
 
 def test_trainable_checkpoint_resumes_exactly(tmp_path: Any) -> None:
-    from raytune_periodic.tuning.surrogate_method import trainable_class
+    from raytune_periodic.tuning.surrogate_trainable import trainable_class
 
     torch.set_num_threads(1)
     options = {**TINY, "optimizer": "pso", "evaluate_on": "surrogate", "executor": "serial"}

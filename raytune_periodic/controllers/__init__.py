@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,6 +12,7 @@ from raytune_periodic.controllers.basic import (
     ScheduleController,
     ToggleController,
 )
+from raytune_periodic.controllers.rewards import REWARDS, Reward, make_reward
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.registry import Registry
 
@@ -21,6 +21,9 @@ CONTROLLERS.add("constant", ConstantController)
 CONTROLLERS.add("periodic_random", PeriodicRandomController)
 CONTROLLERS.add("toggle", ToggleController)
 CONTROLLERS.add("schedule", ScheduleController)
+# The RLlib PPO controller (PDRL/PNIRL) lives in the integration layer above the core: a lazy
+# entry, imported when a config names it (importing it loads neither Ray nor gymnasium).
+CONTROLLERS.add("ppo", "raytune_periodic.rl.controller:PPOController")
 
 
 def build_controller(
@@ -34,37 +37,29 @@ def build_controller(
     kind = spec.pop("type", None)
     if kind is None:
         raise ConfigError(f"{field}.type", f"missing; valid: {', '.join(CONTROLLERS.names())}")
-    builder = CONTROLLERS.get(kind, field=f"{field}.type")
-    params = inspect.signature(builder).parameters
-    for key in spec:
-        if key not in params:
-            valid = ", ".join(p for p in params if p != "self")
-            raise ConfigError(f"{field}.{key}", f"unknown option for {kind}; valid: {valid}")
-    if "seed" in params and "seed" not in spec:
-        spec["seed"] = seed
+    CONTROLLERS.get(kind, field=f"{field}.type")
     try:
-        return builder(**spec)
+        ctrl = CONTROLLERS.build(kind, spec, field, defaults={"seed": seed})
     except ConfigError as exc:
         # Re-anchor errors raised with the generic "controller." prefix at the caller's field.
         if exc.field.startswith("controller") and field != "controller":
             raise ConfigError(field + exc.field[len("controller") :], exc.message) from None
         raise
+    if not isinstance(ctrl, Controller):
+        raise ConfigError(f"{field}.type", f"{kind!r} is not a Controller subclass")
+    return ctrl
 
 
 __all__ = [
     "CONTROLLERS",
+    "REWARDS",
     "ConstantController",
     "Controller",
     "PeriodicRandomController",
+    "Reward",
     "ScheduleController",
     "ToggleController",
     "build_controller",
     "check_range",
+    "make_reward",
 ]
-
-# The RLlib PPO controller (PDRL/PNIRL): importing it loads neither Ray nor gymnasium; RLlib is
-# imported when the controller is bound to a model.
-from raytune_periodic.rl.controller import PPOController  # noqa: E402
-
-CONTROLLERS.add("ppo", PPOController)
-__all__ += ["PPOController"]

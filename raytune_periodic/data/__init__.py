@@ -12,7 +12,6 @@ only (per channel for images, per feature for tabular data).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 import numpy as np
@@ -24,6 +23,7 @@ from raytune_periodic.errors import ConfigError
 from raytune_periodic.registry import Registry
 
 DATASETS: Registry[Callable[..., DataSplits]] = Registry("dataset")
+"""Loaders ``(seed=..., **options) -> DataSplits``; plugins by import path or entry point."""
 
 
 def _opt(name: str) -> str:
@@ -188,20 +188,18 @@ def make_splits(
 
 def dataset_options(name: str) -> dict[str, object]:
     """The options dataset ``name`` accepts, with their defaults."""
-    params = inspect.signature(DATASETS.get(name, field="dataset.name")).parameters
-    return {key: p.default for key, p in params.items()}
+    return DATASETS.options(name, field="dataset.name")
 
 
 def load_dataset(name: str, **options: object) -> DataSplits:
     """Load dataset ``name``; unknown names/options raise ``ConfigError`` listing valid ones."""
-    loader = DATASETS.get(name, field="dataset.name")
-    valid = dataset_options(name)
-    for key in options:
-        if key not in valid:
-            raise ConfigError(
-                _opt(key), f"unknown option {key!r} for dataset {name!r}; valid: {', '.join(valid)}"
-            )
-    return loader(**options)
+    DATASETS.get(name, field="dataset.name")
+    data = DATASETS.build(name, options, "dataset.options")
+    if not isinstance(data, DataSplits):
+        raise ConfigError(
+            "dataset.name", f"dataset {name!r} returned a {type(data).__name__}, not DataSplits"
+        )
+    return data
 
 
 # Loaders import the helpers above, so they are registered last.

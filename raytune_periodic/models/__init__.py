@@ -8,7 +8,6 @@ are the valid ``model.options``.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,12 +29,25 @@ class ModelEntry:
     """A registered model: its builder and what inputs it accepts."""
 
     builder: Callable[..., nn.Module]
-    needs_image: bool
-    min_size: int
-    description: str
+    needs_image: bool = False
+    min_size: int = 1
+    description: str = ""
 
 
-MODELS: Registry[ModelEntry] = Registry("model")
+def _as_entry(obj: object) -> ModelEntry:
+    """A plugin model: a ``ModelEntry``, or a bare builder ``(input_shape, num_classes, **opts)``
+    (its ``needs_image``/``min_size`` attributes, when set, say what inputs it accepts)."""
+    if isinstance(obj, ModelEntry):
+        return obj
+    if not callable(obj):
+        raise ConfigError("model.name", f"{obj!r} is neither a ModelEntry nor a model builder")
+    doc = (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
+    return ModelEntry(
+        obj, bool(getattr(obj, "needs_image", False)), int(getattr(obj, "min_size", 1)), doc
+    )
+
+
+MODELS: Registry[ModelEntry] = Registry("model", wrap=_as_entry, unwrap=lambda e: e.builder)
 MODELS.add("mlp", ModelEntry(build_mlp, False, 1, "MLP over flattened input (hidden, batchnorm)"))
 MODELS.add("lenet", ModelEntry(build_lenet, True, 8, "LeNet-5-style CNN, images H, W >= 8"))
 MODELS.add("resnet18", ModelEntry(build_resnet18, True, 8, "torchvision ResNet-18, adapted stem"))
@@ -45,13 +57,10 @@ MODELS.add("mresnet", ModelEntry(build_mresnet, True, 8, "surrogate paper's M-Re
 MODELS.add("tiny_cnn", ModelEntry(build_tiny_cnn, True, 8, "Tiny-ImageNet paper's custom CNN, LRN"))
 MODELS.add("iris_mlp", ModelEntry(build_iris_mlp, False, 1, "iris survey's MLP 64-32 (batchnorm)"))
 
-_POSITIONAL = ("input_shape", "num_classes")
-
 
 def model_options(name: str) -> dict[str, object]:
     """The options model ``name`` accepts, with their defaults."""
-    params = inspect.signature(MODELS.get(name, field="model.name").builder).parameters
-    return {key: p.default for key, p in params.items() if key not in _POSITIONAL}
+    return MODELS.options(name, field="model.name", skip=2)
 
 
 def _incompatibility(name: str, entry: ModelEntry, input_shape: tuple[int, ...]) -> str | None:
@@ -85,14 +94,12 @@ def build_model(
     problem = _incompatibility(name, entry, input_shape)
     if problem:
         raise ConfigError("model.name", problem)
-    valid = model_options(name)
-    for key in options:
-        if key not in valid:
-            raise ConfigError(
-                f"model.options.{key}",
-                f"unknown option {key!r} for model {name!r}; valid: {', '.join(valid) or '(none)'}",
-            )
-    return entry.builder(input_shape, num_classes, **options)
+    model = MODELS.build(name, options, "model.options", input_shape, num_classes)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            "model.name", f"model {name!r} built a {type(model).__name__}, not a torch nn.Module"
+        )
+    return model
 
 
 def classifier_name(model: nn.Module) -> str:

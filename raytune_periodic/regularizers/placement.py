@@ -21,7 +21,6 @@ index, consistently for every run built from the same placements.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,15 +154,10 @@ class RegularizerSet:
 def _construct(cls: type[PeriodicRegularizer], pl: Placement, field: str) -> PeriodicRegularizer:
     if not isinstance(pl.options, Mapping):
         raise ConfigError(f"{field}.options", f"expected a mapping, got {pl.options!r}")
-    params = inspect.signature(cls.__init__).parameters
-    valid = [k for k in params if k not in ("self", "value")]
-    for key in pl.options:
-        if key not in valid:
-            raise ConfigError(
-                f"{field}.options.{key}",
-                f"unknown option for {pl.kind!r}; valid: {', '.join(valid) or '(none)'}",
-            )
-    return cls(pl.value, **pl.options)
+    reg = REGULARIZERS.build(pl.kind, pl.options, f"{field}.options", pl.value)
+    if not isinstance(reg, PeriodicRegularizer):
+        raise ConfigError(f"{field}.kind", f"{pl.kind!r} is not a PeriodicRegularizer subclass")
+    return reg
 
 
 def insert_regularizers(
@@ -177,6 +171,9 @@ def insert_regularizers(
     resolved = []
     for i, pl in enumerate(placements):
         cls = REGULARIZERS.get(pl.kind, field=f"{field}[{i}].kind")
+        if not (isinstance(cls, type) and issubclass(cls, PeriodicRegularizer)):
+            msg = f"{pl.kind!r} is not a PeriodicRegularizer subclass"
+            raise ConfigError(f"{field}[{i}].kind", msg)
         cls.check(pl.value, f"{field}[{i}].value")
         _construct(cls, pl, f"{field}[{i}]")  # validates options before the model is touched
         model_level = issubclass(cls, ModelRegularizer)

@@ -171,7 +171,7 @@ def trial_dir(client: Any, run: Any) -> Path | None:
 def trial_run_spec(client: Any, run: Any) -> dict[str, Any]:
     """The run spec of a trial run: from its Tune ``params.json`` when found, else rebuilt from
     the MLflow params (exact for specs whose lists print as Python literals)."""
-    from raytune_periodic.tuning.trainable import trial_spec
+    from raytune_periodic.training.spec import trial_spec
 
     tdir = trial_dir(client, run)
     if tdir is not None and (tdir / "params.json").is_file():

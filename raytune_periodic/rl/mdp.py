@@ -41,9 +41,17 @@ from typing import Any
 import numpy as np
 
 from raytune_periodic.controllers._base import check_range
+from raytune_periodic.controllers.rewards import (  # noqa: F401  (re-exported)
+    REWARDS,
+    GapReward,
+    Reward,
+    ValF1DeltaReward,
+    ValF1MinusGapReward,
+    ValF1Reward,
+    make_reward,
+)
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.records import PeriodRecord, PeriodState
-from raytune_periodic.registry import Registry
 
 OBS_VERSION = 1  #: bump when the observation layout changes (agent checkpoints record it)
 OBS_HIGH = 5.0
@@ -166,88 +174,6 @@ class MDP:
 
 
 # --------------------------------------------------------------------------------------- rewards
-class Reward:
-    """A period's reward from its record; may keep state (see ``val_f1_delta``)."""
-
-    name = ""
-
-    def __init__(self, gap_lambda: float = 0.5) -> None:
-        self.gap_lambda = gap_lambda
-
-    def __call__(self, record: PeriodRecord) -> float:
-        raise NotImplementedError
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
-        """Restore what ``state_dict`` returned."""
-
-
-class GapReward(Reward):
-    """The paper's: −(mean train F1 − mean val F1) over the period. Gamed by underfitting."""
-
-    name = "gap"
-
-    def __call__(self, record: PeriodRecord) -> float:
-        return -record.gap
-
-
-class ValF1Reward(Reward):
-    """Val F1 of the period's end-of-period validation mini-batches."""
-
-    name = "val_f1"
-
-    def __call__(self, record: PeriodRecord) -> float:
-        return record.val_f1
-
-
-class ValF1DeltaReward(Reward):
-    """Improvement of val F1 over the previous period (0 for the first)."""
-
-    name = "val_f1_delta"
-
-    def __init__(self, gap_lambda: float = 0.5) -> None:
-        super().__init__(gap_lambda)
-        self.previous: float | None = None
-
-    def __call__(self, record: PeriodRecord) -> float:
-        prev, self.previous = self.previous, record.val_f1
-        return 0.0 if prev is None else record.val_f1 - prev
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"previous": self.previous}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.previous = state.get("previous")
-
-
-class ValF1MinusGapReward(Reward):
-    """Val F1 − λ·gap: rewards generalisation without paying for underfitting."""
-
-    name = "val_f1_minus_gap"
-
-    def __call__(self, record: PeriodRecord) -> float:
-        return record.val_f1 - self.gap_lambda * record.gap
-
-
-REWARDS: Registry[type[Reward]] = Registry("reward")
-for _cls in (GapReward, ValF1Reward, ValF1DeltaReward, ValF1MinusGapReward):
-    REWARDS.add(_cls.name, _cls)
-
-
-def make_reward(name: str, gap_lambda: float = 0.5, field: str = "controller") -> Reward:
-    """Build a reward by name; unknown names and bad λ are one-line ConfigErrors."""
-    cls = REWARDS.get(name, field=f"{field}.reward")
-    try:
-        lam = float(gap_lambda)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{field}.gap_lambda", f"expected a number, got {gap_lambda!r}") from None
-    if not math.isfinite(lam) or lam < 0:
-        raise ConfigError(f"{field}.gap_lambda", f"must be a finite number >= 0, got {gap_lambda}")
-    return cls(lam)
-
-
 def check_record(record: PeriodRecord, field: str = "controller") -> None:
     """The MDP needs validation mini-batches: a NaN val metric is a configuration error."""
     if not (math.isfinite(record.val_f1) and math.isfinite(record.train_f1)):

@@ -14,6 +14,7 @@ see the same split.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -118,3 +119,24 @@ def build_engine(
         controller = build_controller(spec.controller, seed=spec.train.seed)
     torch.manual_seed(spec.train.seed + 1)
     return PeriodEngine(model, data, regs, controller, spec.train)
+
+
+def trial_spec(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run spec of one trial: the method's spec with its seed, budget and searched values.
+
+    The dataset split and label noise use the experiment seed (paired across methods); the model
+    initialisation and the controller use ``seed * 1000 + replicate``.
+    """
+    rp = config["rp"]
+    spec = copy.deepcopy(rp["spec"])
+    seed, replicate = int(rp["seed"]), int(rp.get("replicate", 0))
+    spec["dataset"] = {"seed": seed, **spec.get("dataset", {})}
+    spec["train"] = {**spec.get("train", {}), "periods": rp["periods"]}
+    spec["train"]["seed"] = seed * 1000 + replicate
+    values = config.get("values")
+    if values:
+        spec["controller"] = {
+            "type": "constant",
+            "values": {k: float(v) for k, v in values.items()},
+        }
+    return spec

@@ -36,7 +36,7 @@ from raytune_periodic.protocol.mlflow_layout import (
 )
 from raytune_periodic.protocol.trial_results import AGENT_DIR
 from raytune_periodic.records import STATUS_DIVERGED, STATUS_OK
-from raytune_periodic.tuning.trainable import trial_spec
+from raytune_periodic.training.spec import trial_spec
 
 
 @dataclass

@@ -1,129 +1,132 @@
-"""Run a validated experiment: one Tuner per method (per seed for searchers/schedulers).
+"""Run a validated experiment: start the invocation, then one Tuner per method (per seed for
+searchers and schedulers whose state must not mix seeds), each logged to MLflow.
 
-Driver state (the invocation id and which Tuners finished) lives in
-``<storage>/<name>/rp_state.json`` so ``--resume`` can ``Tuner.restore`` the unfinished ones and
-re-attach to the same MLflow runs.
+Driver state (the invocation id, which Tuners finished or errored, a lock against a second
+driver) lives in ``<storage>/<name>/`` (``driver_state.py``), so ``--resume`` can
+``Tuner.restore`` the unfinished ones (errored trials retried) and re-attach to the same MLflow
+runs. SIGTERM (what ``ray job stop`` sends) stops the searches as Ctrl-C does: Tune saves its
+state, the MLflow store is flushed, and the run is resumable.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import random
+import signal
 import time
-import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raytune_periodic._imports import require
-from raytune_periodic.config import ExperimentConfig, method_base
+from raytune_periodic.config import ExperimentConfig
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.protocol.mlflow_layout import TAG_STORAGE_PATH, default_tracking_uri
-from raytune_periodic.protocol.trial_results import DRIVER_STATE_FILE
-from raytune_periodic.tuning.methods import SearchMethod, build_method
+from raytune_periodic.protocol.trial_results import DONE as DONE_KEY
+from raytune_periodic.tuning.driver_state import DONE, ERRORED, DriverState
+from raytune_periodic.tuning.ray_session import plugin_modules, start_ray
+from raytune_periodic.tuning.tuners import TunerJob, build_tuner, tuner_jobs
 
-STATE_FILE = DRIVER_STATE_FILE
+
+class TrialsErroredError(RuntimeError):
+    """Some trials errored (after Tune's retries); ``outcome`` says which. Resumable."""
+
+    def __init__(self, outcome: RunOutcome) -> None:
+        self.outcome = outcome
+        names = ", ".join(outcome.errored_trials[:10])
+        more = len(outcome.errored_trials) - 10
+        super().__init__(
+            f"{len(outcome.errored_trials)} trial(s) errored: {names}"
+            + (f" (+{more} more)" if more > 0 else "")
+            + "; see Tune's error.txt under "
+            + outcome.storage_path
+            + "; `run --resume` retries them"
+        )
+
+
+class RunInterrupted(RuntimeError):
+    """The driver was asked to stop (SIGINT/SIGTERM); the store was flushed, resume later."""
 
 
 @dataclass
 class RunOutcome:
+    """What a run did: where it logged, its Tuners, errored trials, wall time."""
+
     invocation_id: str
     tracking_uri: str
     experiment: str
     storage_path: str
     tuner_paths: dict[str, str] = field(default_factory=dict)
+    errored_trials: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    @property
+    def ok(self) -> bool:
+        return not self.errored_trials
 
-def _param_space(cfg: ExperimentConfig, method: SearchMethod, seeds: list[int]) -> dict[str, Any]:
-    from ray import tune
 
-    spec = method_base(cfg.base, method.entry)
-    spec["controller"] = method.controller()
-    rp: dict[str, Any] = {
-        "experiment": cfg.name,
-        "method": method.name,
-        "search": method.search,
-        "spec": spec,
+@contextlib.contextmanager
+def _sigterm_as_sigint() -> Iterator[list[int]]:
+    """While searches run, SIGTERM is handled like Ctrl-C (Tune stops and saves its state)."""
+    got: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        got.append(signum)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield got
+        return
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _start_invocation(cfg: ExperimentConfig, state: DriverState, uri: str, store: Any) -> str:
+    base = cfg.base
+    params = {
+        "dataset": base["dataset"].get("name")
+        if isinstance(base["dataset"], dict)
+        else base["dataset"],
+        "model": base["model"].get("name") if isinstance(base["model"], dict) else base["model"],
         "periods": cfg.periods,
-        "iteration_periods": cfg.tune["iteration_periods"],
-        "threads": max(1, int(cfg.tune["resources"].get("cpu", 1))),
-        "seed": seeds[0] if len(seeds) == 1 else tune.grid_search(seeds),
-        **method.extra_rp(),
+        "trials": cfg.trials,
+        "seeds": ",".join(map(str, cfg.seeds)),
+        "methods": ",".join(cfg.methods),
     }
-    space: dict[str, Any] = {"rp": rp}
-    if method.search == "controller":
-        rp["replicate"] = tune.grid_search(list(range(method.trials)))
-    values = method.values_space(seeds[0])
-    if values is not None:
-        space["values"] = values
-    return space
+    tags = {TAG_STORAGE_PATH: str(state.dir)}
+    return str(store.start_invocation(state.data["invocation_id"], cfg.raw, params, tags))
 
 
-def _file_loggers(cfg: ExperimentConfig) -> list[Any]:
-    """Tune's result.json and progress.csv per trial; TensorBoard files only on request.
-
-    Tune adds a CSV, a JSON and a TensorBoardX logger unless told otherwise; the TensorBoardX one
-    was the largest cost in Tune's driver loop after ours (bench/scale.py, py-spy) and MLflow
-    already holds every metric, so it is off unless ``tune.tensorboard: true``.
-    """
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
-
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # no loggers beyond these
-    loggers: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback()]
-    if cfg.tune["tensorboard"]:
-        loggers.append(TBXLoggerCallback())
-    return loggers
+def _errored(results: Any) -> list[str]:
+    """Trial ids of the errored trials of a ``ResultGrid``."""
+    out = []
+    for res in results:
+        if res.error is not None:
+            out.append(str((res.metrics or {}).get("trial_id") or Path(res.path).name))
+    return out
 
 
-def _tune_config(cfg: ExperimentConfig, method: SearchMethod, seed: int) -> dict[str, Any]:
-    kwargs = method.tune_config(seed, cfg.tune["metric"])
-    if method.search == "controller":
-        kwargs["num_samples"] = 1  # replicates come from the grid over "replicate"
-    scheduler = kwargs.get("scheduler")
-    if scheduler is not None and hasattr(scheduler, "_custom_explore_fn"):
-        from raytune_periodic.tuning.methods import _space_entry
-        from raytune_periodic.tuning.trainable import make_clip_explore
-
-        bounds = {
-            g: _space_entry(v, "", None, g)[:2] for g, v in method.entry.get("space", {}).items()
-        }
-        scheduler._custom_explore_fn = make_clip_explore(bounds)
-    return kwargs
+def _interrupted(results: Any) -> bool:
+    """Tune returned with trials neither done nor errored: it was stopped (SIGINT)."""
+    return any(r.error is None and not (r.metrics or {}).get(DONE_KEY) for r in results)
 
 
-def _reporter(method: SearchMethod, seeds: list[int]) -> Any:
-    """Tune's progress table: status per trial with the values and the metrics that matter."""
-    from ray.tune import CLIReporter
+def _fit(cfg: ExperimentConfig, job: TunerJob, ctx: dict[str, Any], resume: bool) -> Any:
+    """Run (or restore) one Tuner; its ``ResultGrid``."""
+    from raytune_periodic.tuning.mlflow_callback import MlflowCallback
 
-    params = {"rp/seed": "seed"} if len(seeds) > 1 else {}
-    if method.search == "controller":
-        params["rp/replicate"] = "replicate"
-    space = method.entry.get("space") or method.entry.get("grid") or {}
-    params.update({f"values/{g}": g for g in space})
-    return CLIReporter(
-        metric_columns={
-            "training_iteration": "iter",
-            "objective": "objective",
-            "val_f1": "val F1",
-            "gap": "gap",
-        },
-        parameter_columns=params,
-        max_report_frequency=30,
-        sort_by_metric=False,
-    )
-
-
-def _load_state(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
+    plan = job.plan
+    callback = MlflowCallback(
+        ctx["uri"], cfg.mlflow_experiment, ctx["invocation_id"], ctx["method_runs"][plan.name],
+        plan.name, plan.search, new_invocation=not resume,
+    )  # fmt: skip
+    trainable = plan.method.trainable(cfg.tune["resources"])
+    tuner = build_tuner(cfg, job, callback, resume, trainable)
+    return tuner.fit()
 
 
 def run_experiment(
@@ -133,121 +136,70 @@ def run_experiment(
     storage_path: str | None = None,
     mlflow_uri: str | None = None,
     resume: bool = False,
+    restart: bool = False,
 ) -> RunOutcome:
-    """Run (or resume) every method of ``cfg`` under Ray Tune, logging to MLflow."""
-    # the classic progress table (status per trial) instead of a config box per trial
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    ray = require("ray")
-    from ray import tune
+    """Run (or resume) every method of ``cfg`` under Ray Tune, logging to MLflow.
 
-    from raytune_periodic.tracking import MlflowStore
-    from raytune_periodic.tuning.mlflow_callback import MlflowCallback
-
+    Returns the outcome; errored trials are listed in ``outcome.errored_trials`` (the Tuners
+    stay resumable). Raises ``RunInterrupted`` after SIGINT/SIGTERM (state saved, resumable).
+    """
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table
     start = time.perf_counter()
     storage = Path(storage_path or cfg.tune["storage_path"] or "runs/ray_results").absolute()
-    exp_dir = storage / cfg.name
-    state_path = exp_dir / STATE_FILE
-    state = _load_state(state_path)
-    if resume and not state:
-        raise ConfigError("--resume", f"no previous run of {cfg.name!r} under {storage}")
-    if not resume or not state:
-        state = {"invocation_id": uuid.uuid4().hex, "tuners": {}}
-    invocation_id = state["invocation_id"]
-    uri = mlflow_uri or state.get("tracking_uri") or cfg.mlflow["tracking_uri"]
+    state = DriverState(storage / cfg.name)
+    state.acquire()
+    try:
+        return _run_locked(cfg, state, address, mlflow_uri, resume, restart, start)
+    finally:
+        state.release()
+
+
+def _run_locked(
+    cfg: ExperimentConfig,
+    state: DriverState,
+    address: str | None,
+    mlflow_uri: str | None,
+    resume: bool,
+    restart: bool,
+    start: float,
+) -> RunOutcome:
+    from raytune_periodic.tracking import MlflowStore
+
+    state.begin(resume, restart)
+    uri = mlflow_uri or state.data.get("tracking_uri") or cfg.mlflow["tracking_uri"]
     uri = uri or default_tracking_uri()
-    state["tracking_uri"] = uri
-    _save_state(state_path, state)
-
+    state.data["tracking_uri"] = uri
+    state.save()
     store = MlflowStore(uri, cfg.mlflow_experiment)
-    base = cfg.base
-    inv_run = store.start_invocation(
-        invocation_id,
-        cfg.raw,
-        params={
-            "dataset": base["dataset"].get("name")
-            if isinstance(base["dataset"], dict)
-            else base["dataset"],
-            "model": base["model"].get("name")
-            if isinstance(base["model"], dict)
-            else base["model"],
-            "periods": cfg.periods,
-            "trials": cfg.trials,
-            "seeds": ",".join(map(str, cfg.seeds)),
-            "methods": ",".join(cfg.methods),
-        },
-        tags={TAG_STORAGE_PATH: str(exp_dir)},
-    )
-    if not ray.is_initialized():
-        target = address or os.environ.get("RAY_ADDRESS") or "local"
-        init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-        if target == "local" and cfg.tune["num_cpus"]:
-            init_kwargs["num_cpus"] = cfg.tune["num_cpus"]
-        ray.init(address=target, **init_kwargs)
-
-    outcome = RunOutcome(invocation_id, uri, cfg.mlflow_experiment, str(exp_dir))
-    short = invocation_id[:8]
-    for mname, entry in cfg.methods.items():
-        method = build_method(mname, entry, cfg.trials)
-        trainable = method.trainable(cfg.tune["resources"])
-        method_run = store.start_method(
-            inv_run, invocation_id, mname, method.search, method.static_params()
+    inv_run = _start_invocation(cfg, state, uri, store)
+    start_ray(address, cfg.tune["num_cpus"], plugin_modules(cfg.plugins))
+    inv_id = state.data["invocation_id"]
+    outcome = RunOutcome(inv_id, uri, cfg.mlflow_experiment, str(state.dir))
+    ctx = {"uri": uri, "invocation_id": inv_id, "method_runs": {}}
+    for name, plan in cfg.plan.items():
+        ctx["method_runs"][name] = store.start_method(
+            inv_run, inv_id, name, plan.search, plan.method.static_params()
         )
-        groups = [[s] for s in cfg.seeds] if method.per_seed else [list(cfg.seeds)]
-        for seeds in groups:
-            key = f"{mname}-s{seeds[0]}" if method.per_seed else mname
-            run_name = f"{key}-{short}"
-            path = exp_dir / run_name
-            outcome.tuner_paths[key] = str(path)
-            if state["tuners"].get(key) == "done":
+    with _sigterm_as_sigint() as signals:
+        for job in tuner_jobs(cfg, state.dir, inv_id):
+            outcome.tuner_paths[job.key] = str(job.path)
+            if state.tuner_status(job.key) == DONE:
                 continue
-            random.seed(seeds[0])  # PBT's explore draws from Python's random module
-            callback = MlflowCallback(
-                uri,
-                cfg.mlflow_experiment,
-                invocation_id,
-                method_run,
-                mname,
-                method.search,
-                new_invocation=not resume,
-            )
-            if resume and tune.Tuner.can_restore(str(path)):
-                tuner = tune.Tuner.restore(
-                    str(path), trainable, resume_unfinished=True, resume_errored=True
-                )
-            else:
-                kwargs = _tune_config(cfg, method, seeds[0])
-                max_conc = cfg.tune["max_concurrent"] or None
-                pbt_like = method.search in ("pbt", "pb2")
-                tuner = tune.Tuner(
-                    trainable,
-                    param_space=_param_space(cfg, method, seeds),
-                    tune_config=tune.TuneConfig(
-                        metric=cfg.tune["metric"],
-                        mode="max",
-                        reuse_actors=cfg.tune["reuse_actors"],
-                        max_concurrent_trials=max_conc,
-                        **kwargs,
-                    ),
-                    run_config=tune.RunConfig(
-                        name=run_name,
-                        storage_path=str(exp_dir),
-                        callbacks=[callback, *_file_loggers(cfg)],
-                        verbose=cfg.tune["verbose"],
-                        progress_reporter=_reporter(method, seeds),
-                        failure_config=tune.FailureConfig(max_failures=cfg.tune["max_failures"]),
-                        checkpoint_config=tune.CheckpointConfig(
-                            checkpoint_frequency=cfg.tune["checkpoint_every"],
-                            checkpoint_at_end=True,
-                            num_to_keep=None if pbt_like else 2,
-                        ),
-                    ),
-                )
-            tuner.fit()
-            state["tuners"][key] = "done"
-            _save_state(state_path, state)
-        store.finish_run(method_run)
+            results = _fit(cfg, job, ctx, resume)
+            if signals or _interrupted(results):
+                store.flush()
+                why = f"signal {signals[0]}" if signals else "an interrupt"
+                raise RunInterrupted(f"stopped by {why}: resume with `run CONFIG --resume`")
+            errored = _errored(results)
+            outcome.errored_trials += errored
+            state.set_tuner(job.key, ERRORED if errored else DONE)
+    for run_id in ctx["method_runs"].values():
+        store.finish_run(run_id)
     store.finish_run(inv_run)
-    state["finished"] = True
-    _save_state(state_path, state)
+    state.data["finished"] = not outcome.errored_trials
+    state.save()
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+__all__ = ["ConfigError", "RunInterrupted", "RunOutcome", "TrialsErroredError", "run_experiment"]

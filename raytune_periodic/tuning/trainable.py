@@ -9,8 +9,6 @@ the engine only when the static part of the trial changes (an actor reused for a
 
 from __future__ import annotations
 
-import copy
-import functools
 import json
 import logging
 import math
@@ -31,50 +29,15 @@ from raytune_periodic.protocol.trial_results import (  # noqa: F401  (FAULT_ENV:
 )
 from raytune_periodic.records import STATUS_OK
 from raytune_periodic.training import PeriodEngine, build_engine
+from raytune_periodic.training.spec import trial_spec
 
 _log = logging.getLogger(__name__)
-
-
-def trial_spec(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The run spec of one trial: the method's spec with its seed, budget and searched values.
-
-    The dataset split and label noise use the experiment seed (paired across methods); the model
-    initialisation and the controller use ``seed * 1000 + replicate``.
-    """
-    rp = config["rp"]
-    spec = copy.deepcopy(rp["spec"])
-    seed, replicate = int(rp["seed"]), int(rp.get("replicate", 0))
-    spec["dataset"] = {"seed": seed, **spec.get("dataset", {})}
-    spec["train"] = {**spec.get("train", {}), "periods": rp["periods"]}
-    spec["train"]["seed"] = seed * 1000 + replicate
-    values = config.get("values")
-    if values:
-        spec["controller"] = {
-            "type": "constant",
-            "values": {k: float(v) for k, v in values.items()},
-        }
-    return spec
 
 
 def _static(config: Mapping[str, Any]) -> dict[str, Any]:
     rp = dict(config["rp"])
     rp.pop("replicate", None)  # PBT clones change it; irrelevant once weights are restored
     return rp
-
-
-def clip_explore(
-    config: dict[str, Any], bounds: Mapping[str, tuple[float, float]]
-) -> dict[str, Any]:
-    """PBT explore hook: keep perturbed values inside their search ranges."""
-    values = config.get("values", {})
-    for group, (low, high) in bounds.items():
-        if group in values:
-            values[group] = min(max(float(values[group]), low), high)
-    return config
-
-
-def make_clip_explore(bounds: Mapping[str, tuple[float, float]]) -> Any:
-    return functools.partial(clip_explore, bounds=dict(bounds))
 
 
 class PeriodTrainable(tune.Trainable):
@@ -146,8 +109,8 @@ class PeriodTrainable(tune.Trainable):
             self.donor = None
         if self.engine.done:
             result[R.DONE] = True
-        if last.status != STATUS_OK:
-            result[R.OBJECTIVE] = 0.0
+        if last.status != STATUS_OK:  # diverged: ranked by no stale or NaN score
+            result.update(dict.fromkeys(R.RANKED_METRICS, R.WORST_SCORE))
         return result
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
