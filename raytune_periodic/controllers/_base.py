@@ -28,6 +28,12 @@ class Controller(ABC):
 
     name: ClassVar[str] = ""
 
+    @classmethod
+    def smoke_options(cls, spec: dict[str, Any]) -> None:
+        """Shrink the options ``spec`` in place so a ``--smoke`` run (2 periods) takes seconds
+        and still exercises the controller (e.g. an interval of 1). Default: no change."""
+        return
+
     def __init__(self) -> None:
         self.bounds: dict[str, tuple[float, float]] = {}
 

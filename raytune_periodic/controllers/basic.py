@@ -63,6 +63,11 @@ class PeriodicRandomController(Controller):
 
     name = "periodic_random"
 
+    @classmethod
+    def smoke_options(cls, spec: dict[str, Any]) -> None:
+        if "every" in spec:
+            spec["every"] = 1  # a 2-period smoke run still draws / toggles
+
     def __init__(
         self,
         ranges: Mapping[str, Sequence[float]] | None = None,
@@ -128,6 +133,11 @@ class ToggleController(Controller):
     """
 
     name = "toggle"
+
+    @classmethod
+    def smoke_options(cls, spec: dict[str, Any]) -> None:
+        if "every" in spec:
+            spec["every"] = 1  # a 2-period smoke run still draws / toggles
 
     def __init__(
         self,

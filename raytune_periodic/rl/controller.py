@@ -51,6 +51,10 @@ class PPOController(Controller):
 
     name = "ppo"
 
+    @classmethod
+    def smoke_options(cls, spec: dict[str, Any]) -> None:
+        spec.update({"train_batch_size": 2, "minibatch_size": 2, "num_epochs": 1})
+
     def __init__(
         self,
         groups: Mapping[str, Sequence[float]],
