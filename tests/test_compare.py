@@ -192,7 +192,9 @@ def test_compare_experiment_text_and_files(uri: str, tmp_path: Path) -> None:
     assert text.startswith(f"experiment {EXPERIMENT!r}, invocation {INVOCATION} (2 methods, 5")
     assert "| BL | grid |" in text and "| PD | controller |" in text
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "anytime.png",
         "methods.md",
+        "seeds.png",
         "train_vs_val.png",
         "val_f1.png",
         "values.png",

@@ -1,4 +1,5 @@
-"""Reports: the method comparison table and plots, read back from MLflow (docs/MLFLOW.md).
+"""Reports: the method comparison (table, paired statistics, anytime curves, an HTML page),
+read back from MLflow (docs/MLFLOW.md).
 
 The submodules load on first use (pandas/matplotlib/MLflow are imported only when needed).
 """
@@ -24,6 +25,7 @@ __all__ = [
     "MethodData",
     "TrialData",
     "compare_experiment",
+    "compare_frame",
     "load_experiment",
     "method_table",
     "render_table",
@@ -51,28 +53,28 @@ def compare_experiment(
     invocation_id: str | None = None,
     baseline: str | None = None,
 ) -> str:
-    """What ``raytune-periodic compare`` prints: the method table of one invocation.
+    """What ``raytune-periodic compare`` prints for one invocation (default: the latest).
 
-    With ``out_dir``, also writes the table (``methods.md`` / ``methods.csv``) and the PNG
-    plots there. Markdown output starts with a line naming the invocation and ends with the
-    written paths; CSV output is the bare table.
+    ``fmt``: ``md`` (method table, paired statistics vs ``baseline`` — default the first
+    method —, verdicts, ranks, notes; starts with a line naming the invocation and ends with
+    the written paths), ``csv`` (the ``compare_frame`` table, bare), ``json`` (every number,
+    for scripts) or ``html`` (one self-contained page; without ``out_dir`` the page itself is
+    returned). With ``out_dir``, also writes the file (``methods.md``, ``methods.csv``,
+    ``report.json`` or ``report.html``) and the PNG plots there.
     """
-    from raytune_periodic.report.compare import load_experiment, method_table, render_table
-    from raytune_periodic.report.plots import write_plots
+    from raytune_periodic.report.output import compare_experiment as run
 
-    data = load_experiment(tracking_uri, experiment, invocation_id)
-    table = render_table(method_table(data), fmt)
-    written: list[Path] = []
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"methods.{fmt}").write_text(table)
-        written = [out / f"methods.{fmt}", *write_plots(data, out)]
-    if fmt == "csv":
-        return table
-    head = (
-        f"experiment {data.experiment_name!r}, invocation {data.invocation_id} "
-        f"({len(data.methods)} methods, {len(data.trials)} trials; MLflow {data.tracking_uri})"
-    )
-    tail = "".join(f"\nwrote {p}" for p in written)
-    return f"{head}\n\n{table}{tail}"
+    return run(experiment, tracking_uri, out_dir, fmt, invocation_id, baseline)
+
+
+def compare_frame(
+    experiment: str,
+    tracking_uri: str | None = None,
+    invocation_id: str | None = None,
+    baseline: str | None = None,
+) -> Any:
+    """The numbers of ``compare`` as a pandas DataFrame, one row per method: the method table
+    plus the paired statistics against ``baseline`` (see ``report.output.compare_frame``)."""
+    from raytune_periodic.report.output import compare_frame as frame
+
+    return frame(experiment, tracking_uri, invocation_id, baseline)

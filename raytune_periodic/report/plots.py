@@ -8,6 +8,7 @@ would be flat. A method keeps its colour across the figures.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -119,3 +120,39 @@ def _train_vs_val(methods: Sequence[MethodData]) -> Any:
         ax.set(xlabel=_STEP_LABEL, ylabel="F1", title=f"{method.name}: train vs val F1")
         ax.legend(fontsize="small")
     return fig
+
+
+def seeds_figure(methods: Sequence[MethodData], colors: dict[str, str]) -> Any:
+    """Per-seed dot plot of the headline metrics: a dot per method and seed (the mean over the
+    seed's trials for final test F1), a grey line joining one seed's dots across methods."""
+    from raytune_periodic.report.stats import HEADLINE, METRICS, seed_values
+    from raytune_periodic.report.table import seed_sort_key
+
+    fig, axes = _figure(len(HEADLINE), 6.0, 4.0)
+    names = [m.name for m in methods]
+    for ax, key in zip(axes, HEADLINE):
+        per_method = {m.name: seed_values(m, key) for m in methods}
+        seeds = sorted({s for v in per_method.values() for s in v}, key=seed_sort_key)
+        for seed in seeds:
+            ys = [_mean(per_method[n].get(seed)) for n in names]
+            ax.plot(range(len(names)), ys, color="0.6", lw=0.8, zorder=1)
+        for x, name in enumerate(names):
+            ys = [_mean(v) for v in per_method[name].values()]
+            ax.scatter([x] * len(ys), ys, color=colors[name], zorder=2, s=22)
+        ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 5 else 0)
+        n_seeds = len(seeds)
+        ax.set(ylabel=METRICS[key][0], title=f"{METRICS[key][0]} per seed ({n_seeds} seeds)")
+        if not seeds:
+            _empty(ax, "no values")
+    return fig
+
+
+def _mean(values: Sequence[float] | None) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def figure_png(fig: Any) -> bytes:
+    """The figure as PNG bytes (what the HTML page embeds)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()

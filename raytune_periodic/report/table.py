@@ -67,7 +67,7 @@ def selected_by_seed(trials: Sequence[TrialData]) -> dict[str, TrialData]:
         seed = seed_of(t)
         if seed not in best or score > best[seed].summary["best_val_f1"]:
             best[seed] = t
-    return {s: best[s] for s in sorted(best, key=_seed_order)}
+    return {s: best[s] for s in sorted(best, key=seed_sort_key)}
 
 
 def by_seed(trials: Sequence[TrialData], key: str) -> dict[str, list[float]]:
@@ -77,10 +77,10 @@ def by_seed(trials: Sequence[TrialData], key: str) -> dict[str, list[float]]:
         value = t.summary.get(key, math.nan)
         if is_finite(value):
             out.setdefault(seed_of(t), []).append(float(value))
-    return {s: out[s] for s in sorted(out, key=_seed_order)}
+    return {s: out[s] for s in sorted(out, key=seed_sort_key)}
 
 
-def _seed_order(seed: str) -> tuple[int, float, str]:
+def seed_sort_key(seed: str) -> tuple[int, float, str]:
     try:
         return (0, float(seed), seed)
     except ValueError:
@@ -155,7 +155,7 @@ def _row(method: Any, pd: Any) -> dict[str, Any]:
     }
 
 
-_MD_HEADER = (
+MD_HEADER = (
     "method",
     "search",
     "trials",
@@ -179,26 +179,30 @@ def render_table(df: Any, fmt: str = "md") -> str:
         return str(df.to_csv(index=False))
     if fmt != "md":
         raise ConfigError("format", f"unknown table format {fmt!r}; valid: md, csv")
-    lines = ["| " + " | ".join(_MD_HEADER) + " |", "|" + "---|" * len(_MD_HEADER)]
+    lines = ["| " + " | ".join(MD_HEADER) + " |", "|" + "---|" * len(MD_HEADER)]
     for row in df.to_dict("records"):
-        cells = [
-            str(row["method"]),
-            str(row["search"]),
-            str(row["n_trials"]),
-            str(row["n_diverged"]),
-            str(row["n_errors"]),
-            str(row["n_seeds"]),
-            _pm(row["sel_val_f1_mean"], row["sel_val_f1_std"]),
-            _pm(row["sel_test_f1_mean"], row["sel_test_f1_std"]),
-            _pm(row["test_f1_mean"], row["test_f1_std"]),
-            _pm(row["final_test_f1_mean"], row["final_test_f1_std"]),
-            _pm(row["gap_mean"], row["gap_std"]),
-            _num(row["trial_seconds"], ".1f"),
-            _num(row["passes"], ".0f"),
-            _num(row["t_ori_per_seed"], ".2f"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(table_cells(row)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def table_cells(row: dict[str, Any]) -> list[str]:
+    """The cells of one method row under ``MD_HEADER`` (mean ± std, 3 decimals)."""
+    return [
+        str(row["method"]),
+        str(row["search"]),
+        str(row["n_trials"]),
+        str(row["n_diverged"]),
+        str(row["n_errors"]),
+        str(row["n_seeds"]),
+        _pm(row["sel_val_f1_mean"], row["sel_val_f1_std"]),
+        _pm(row["sel_test_f1_mean"], row["sel_test_f1_std"]),
+        _pm(row["test_f1_mean"], row["test_f1_std"]),
+        _pm(row["final_test_f1_mean"], row["final_test_f1_std"]),
+        _pm(row["gap_mean"], row["gap_std"]),
+        _num(row["trial_seconds"], ".1f"),
+        _num(row["passes"], ".0f"),
+        _num(row["t_ori_per_seed"], ".2f"),
+    ]
 
 
 def _num(x: float, spec: str = ".3f") -> str:
