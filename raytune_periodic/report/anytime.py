@@ -90,7 +90,7 @@ def seed_curves(method: MethodData) -> list[SeedCurve]:
 
 def on_grid(curves: Sequence[SeedCurve], unit: str) -> tuple[Any, Any] | None:
     """(grid, values): each seed's step curve sampled on a common cost grid (NaN before the
-    seed's first score or past its last round)."""
+    seed's first score; past its last round a seed keeps the best it found)."""
     np = require("numpy")
     ends = [c.cost[unit][-1] for c in curves if c.cost[unit].size and c.cost[unit][-1] > 0]
     if not ends:
@@ -99,8 +99,7 @@ def on_grid(curves: Sequence[SeedCurve], unit: str) -> tuple[Any, Any] | None:
     values = np.full((len(curves), grid.size), np.nan)
     for i, curve in enumerate(curves):
         idx = np.searchsorted(curve.cost[unit], grid, side="right") - 1
-        inside = (idx >= 0) & (grid <= curve.cost[unit][-1] * (1 + 1e-9))
-        values[i, inside] = curve.best[idx[inside]]
+        values[i, idx >= 0] = curve.best[idx[idx >= 0]]
     return grid, values
 
 
