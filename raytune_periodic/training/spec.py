@@ -26,6 +26,7 @@ from raytune_periodic.data import load_dataset
 from raytune_periodic.data._base import DataSplits
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.models import build_model
+from raytune_periodic.registry import install_plugins
 from raytune_periodic.regularizers import WHERE, Placement, insert_regularizers
 from raytune_periodic.training.engine import PeriodEngine, TrainOptions
 from raytune_periodic.validation import boolean, choice, known_keys, mapping, sequence
@@ -128,6 +129,7 @@ def trial_spec(config: Mapping[str, Any]) -> dict[str, Any]:
     initialisation and the controller use ``seed * 1000 + replicate``.
     """
     rp = config["rp"]
+    install_plugins(rp.get("plugins") or {})  # names the driver registered (a Ray worker)
     spec = copy.deepcopy(rp["spec"])
     seed, replicate = int(rp["seed"]), int(rp.get("replicate", 0))
     spec["dataset"] = {"seed": seed, **spec.get("dataset", {})}
