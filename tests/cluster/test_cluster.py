@@ -24,7 +24,7 @@ import yaml
 
 from raytune_periodic.tuning.trainable import FAULT_ENV
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = ROOT / "launch"
 SCRIPTS = ["up.sh", "down.sh", "submit.sh", "mlflow_server.sh", "local_cluster.sh"]
 

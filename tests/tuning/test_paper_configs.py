@@ -21,7 +21,7 @@ from raytune_periodic.cli import main
 from raytune_periodic.config import read_yaml, validate_config
 from raytune_periodic.smoke import SMOKE_PERIODS, smoke_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAPER = sorted((REPO / "configs" / "paper").glob("*.yaml"))
 CLI_CONFIG = "iris_comparison.yaml"  # the cheapest one runs through the CLI subprocess
 NAMES = [p.name for p in PAPER]
