@@ -3,9 +3,11 @@
 ``fetch_histories(client, wanted)`` returns ``{run_id: {key: {step: value}}}`` for the
 ``(run_id, key)`` pairs asked for. Three ways, the first that the tracking store offers:
 
-- a database store (SQLite, PostgreSQL, ...): MLflow's own ``get_metric_history_bulk``
-  (the query behind the UI's chart of several runs), one query per metric key per
-  ``SQL_CHUNK`` runs;
+- a database store (SQLite, PostgreSQL, ...): the query of MLflow's own
+  ``get_metric_history_bulk`` (behind the UI's chart of several runs), one per metric key per
+  ``SQL_CHUNK`` runs, selecting only (run, step, value) columns on MLflow's ``SqlMetric``
+  model (building MLflow's ORM objects costs ~40 µs per point); a subclass of MLflow's store
+  (which may filter runs) gets ``get_metric_history_bulk`` itself;
 - an HTTP tracking server: its ``get-history-bulk`` endpoint (the one the MLflow UI uses:
   at most 100 runs and 25,000 points per request; a full answer is split and asked again);
 - anything else (or if a bulk call fails): ``get_metric_history`` per run per key, the way
@@ -59,6 +61,8 @@ def _fetch_key(
     client: Any, store: Any, key: str, run_ids: list[str]
 ) -> Iterable[tuple[str, dict[int, float]]]:
     try:
+        if _is_plain_sql_store(store):
+            return _sql_columns(store, key, run_ids)
         if hasattr(store, "get_metric_history_bulk"):
             return _sql_bulk(store, key, run_ids)
         if hasattr(store, "get_host_creds"):
@@ -81,6 +85,33 @@ def _points(metrics: Iterable[Any]) -> dict[int, float]:
 
 def _finite(value: Any) -> float:
     return float(value) if is_finite(value) else math.nan
+
+
+def _is_plain_sql_store(store: Any) -> bool:
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    except ImportError:
+        return False
+    return type(store) is SqlAlchemyStore  # a subclass may filter runs (workspaces)
+
+
+def _sql_columns(store: Any, key: str, run_ids: list[str]) -> list[tuple[str, dict[int, float]]]:
+    """The query of ``get_metric_history_bulk`` selecting four columns instead of building an
+    ORM object per point (~20x fewer Python objects: 840k points in seconds, not a minute)."""
+    from mlflow.store.tracking.dbmodels.models import SqlMetric
+
+    points: dict[str, dict[int, float]] = defaultdict(dict)
+    columns = (SqlMetric.run_uuid, SqlMetric.step, SqlMetric.value, SqlMetric.is_nan)
+    order = (SqlMetric.run_uuid, SqlMetric.timestamp, SqlMetric.step, SqlMetric.value)
+    with store.ManagedSessionMaker() as session:
+        for start in range(0, len(run_ids), SQL_CHUNK):
+            chunk = run_ids[start : start + SQL_CHUNK]
+            query = session.query(*columns).filter(
+                SqlMetric.key == key, SqlMetric.run_uuid.in_(chunk)
+            )
+            for run_id, step, value, is_nan in query.order_by(*order).all():
+                points[run_id][int(step)] = math.nan if is_nan else _finite(value)
+    return list(points.items())
 
 
 def _sql_bulk(store: Any, key: str, run_ids: list[str]) -> list[tuple[str, dict[int, float]]]:

@@ -167,6 +167,8 @@ def _seeds_for_power(d: Any) -> float:
     """Seeds for 80 % power of a two-sided paired t-test at α = 0.05 at the observed effect
     size (mean / std of the differences); inf when no effect was observed."""
     power = require("statsmodels.stats.power")
+    # imported on its first warning, it puts an "always" filter in front of ours: import first
+    require("statsmodels.tools.sm_exceptions")
     if d.size < 2:
         return math.nan
     sd, mean = float(d.std(ddof=1)), abs(float(d.mean()))

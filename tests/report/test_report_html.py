@@ -136,15 +136,25 @@ def test_anytime_curve_advances_the_trials_of_a_seed_in_lockstep() -> None:
     assert (low <= mean).all() and (mean <= high).all()
 
 
-def test_bulk_history_equals_one_call_per_run(store_factory: Callable[..., str]) -> None:
+@pytest.mark.parametrize("columns", [True, False], ids=["column-query", "mlflow-bulk"])
+def test_bulk_history_equals_one_call_per_run(
+    store_factory: Callable[..., str], monkeypatch: pytest.MonkeyPatch, columns: bool
+) -> None:
     import mlflow
 
-    uri = store_factory(_trials(2))
+    from raytune_periodic.report import history
+
+    monkeypatch.setattr(history, "_is_plain_sql_store", lambda store: columns)
+    monkeypatch.setattr(history, "SQL_CHUNK", 5)  # several chunks
+    uri = store_factory([*_trials(2), Trial("X", "x", 0, 0.5, status="diverged")])
     client = mlflow.MlflowClient(tracking_uri=uri)
     runs = [t.run_id for t in load_experiment(uri, "exp").trials]
-    bulk = fetch_histories(client, {r: ["val_f1", "full_val_f1"] for r in runs})
-    for key in ("val_f1", "full_val_f1"):
-        assert {r: bulk[r][key] for r in runs} == dict(naive_histories(client, key, runs))
+    keys = ["val_f1", "full_val_f1", "val_loss"]  # val_loss: NaN and inf in the diverged one
+    bulk = fetch_histories(client, {r: keys for r in runs})
+    for key in keys:
+        for run_id, naive in naive_histories(client, key, runs):
+            assert bulk[run_id].get(key, {}) == pytest.approx(naive, nan_ok=True)
+    assert any(np.isnan(list(bulk[r]["val_loss"].values())).any() for r in runs)
 
 
 class _Response:
