@@ -64,6 +64,32 @@ def _images(data: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2))).to(torch.float32)
 
 
+def _read_batches(
+    cls: type[CIFAR10], unverified: type[CIFAR10], base: Path, folder: Path, verify: bool
+) -> tuple[CIFAR10, CIFAR10]:
+    """torchvision's readers on the pickle batches (md5-checked with ``verify``); one-line
+    errors for a missing folder, missing or corrupt files."""
+    for path in (base, folder):
+        if not path.is_dir():
+            raise ConfigError(ROOT, f"{path} does not exist (need {folder}; no download is made)")
+    expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    reader = cls if verify else unverified
+    try:
+        return (
+            reader(str(base), train=True, download=False),
+            reader(str(base), train=False, download=False),
+        )
+    except RuntimeError:
+        check = "missing files or files failing torchvision's md5 check" if verify else "missing"
+        raise ConfigError(
+            ROOT,
+            f"{folder}: {check}; expected {', '.join(expected)}"
+            + (" (dataset.options.verify: false skips the md5 check)" if verify else ""),
+        ) from None
+    except (OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        raise ConfigError(ROOT, f"cannot read {folder}: {type(exc).__name__}: {exc}") from None
+
+
 def _load_cifar(
     name: str,
     cls: type[CIFAR10],
@@ -89,24 +115,7 @@ def _load_cifar(
     )
     base = Path(root).expanduser()
     folder = base / cls.base_folder
-    for path in (base, folder):
-        if not path.is_dir():
-            raise ConfigError(ROOT, f"{path} does not exist (need {folder}; no download is made)")
-    expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    reader = cls if verify else unverified
-    try:
-        train_set = reader(str(base), train=True, download=False)
-        test_set = reader(str(base), train=False, download=False)
-    except RuntimeError:
-        check = "missing files or files failing torchvision's md5 check" if verify else "missing"
-        raise ConfigError(
-            ROOT,
-            f"{folder}: {check}; expected {', '.join(expected)}"
-            + (" (dataset.options.verify: false skips the md5 check)" if verify else ""),
-        ) from None
-    except (OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as exc:
-        raise ConfigError(ROOT, f"cannot read {folder}: {type(exc).__name__}: {exc}") from None
-
+    train_set, test_set = _read_batches(cls, unverified, base, folder, verify)
     labels = np.asarray(train_set.targets, dtype=np.int64)
     test_labels = np.asarray(test_set.targets, dtype=np.int64)
     for part, ys in (("train", labels), ("test", test_labels)):

@@ -83,6 +83,31 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     return x, y, (np.asarray(usage) if i_usage is not None else None)
 
 
+def _kaggle_splits(
+    path: Path,
+    labels: np.ndarray,
+    usage: np.ndarray,
+    rng: np.random.Generator,
+    val_fraction: float | None,
+    train_size: int | None,
+    info: dict[str, object],
+) -> dict[str, np.ndarray]:
+    """Split indices of the Kaggle CSV by its Usage column (PublicTest = val unless
+    ``val_fraction`` carves val from Training; PrivateTest = test); ``info`` says which."""
+    unknown = sorted(set(usage) - set(USAGE))
+    if unknown:
+        raise ConfigError(ROOT, f"{path}: unknown Usage {unknown}; valid: {', '.join(USAGE)}")
+    where = {part: np.flatnonzero(usage == name) for name, part in USAGE.items()}
+    pool = where["train"]
+    if val_fraction is None:
+        sub = split_indices(labels[pool], rng, train_size=train_size)
+        info |= {"val_source": "PublicTest", "test_source": "PrivateTest"}
+        return {"train": pool[sub["train"]], "val": where["val"], "test": where["test"]}
+    sub = split_indices(labels[pool], rng, val_fraction=val_fraction, train_size=train_size)
+    info |= {"val_source": f"{val_fraction} of Training", "test_source": "PrivateTest"}
+    return {"train": pool[sub["train"]], "val": pool[sub["val"]], "test": where["test"]}
+
+
 def load_fer2013(
     root: str | None = None,
     seed: int = 0,
@@ -121,19 +146,7 @@ def load_fer2013(
             "test_source": f"{test_fraction} of {path.name} (torchvision's test.csv has no labels)",
         }
     else:
-        unknown = sorted(set(usage) - set(USAGE))
-        if unknown:
-            raise ConfigError(ROOT, f"{path}: unknown Usage {unknown}; valid: {', '.join(USAGE)}")
-        where = {part: np.flatnonzero(usage == name) for name, part in USAGE.items()}
-        pool = where["train"]
-        if val_fraction is None:
-            sub = split_indices(labels[pool], rng, train_size=train_size)
-            info |= {"val_source": "PublicTest", "test_source": "PrivateTest"}
-            idx = {"train": pool[sub["train"]], "val": where["val"], "test": where["test"]}
-        else:
-            sub = split_indices(labels[pool], rng, val_fraction=val_fraction, train_size=train_size)
-            info |= {"val_source": f"{val_fraction} of Training", "test_source": "PrivateTest"}
-            idx = {"train": pool[sub["train"]], "val": pool[sub["val"]], "test": where["test"]}
+        idx = _kaggle_splits(path, labels, usage, rng, val_fraction, train_size, info)
     parts = ("train", "val", "test")
     xs = {k: torch.from_numpy(images[idx[k]]).unsqueeze(1).to(torch.float32) / 255 for k in parts}
     ys = {k: torch.from_numpy(labels[idx[k]]) for k in parts}

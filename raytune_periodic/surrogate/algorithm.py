@@ -152,10 +152,27 @@ class SurrogateHPO:
         """One pass of Algorithm 1's loop body; returns a flat record (plus ``candidates``)."""
         if self.done:
             raise RuntimeError(f"Algorithm 1 already ran its {self.config.iterations} iterations")
-        cfg, t, lr = self.config, self.t, self.lr
+        t, lr = self.t, self.lr
         wall0, cpu0 = time.perf_counter(), time.process_time()
+        stage_a = self._stage_a(t, lr)
+        wall_b0 = time.perf_counter()
+        population, results, objectives, best = self._stage_b(t, lr, stage_a["fused"])
+        self.previous, self.current = stage_a["kept"], population[best]
+        self.t += 1
+        walls = {
+            "wall_seconds_original": wall_b0 - wall0,
+            "wall_seconds_population": time.perf_counter() - wall_b0,
+        }
+        cost = self._cost(stage_a["n_settings"], results, wall0, cpu0)
+        record = self._record(t, lr, stage_a, population, results, objectives, best, cost)
+        record.update(walls)
+        self.history.append(record)
+        return record
 
-        # (a) train original+surrogate with the previous and the current best, keep the better
+    def _stage_a(self, t: int, lr: float) -> dict[str, Any]:
+        """(a) train original+surrogate with the previous and the current best, keep the
+        better (by validation accuracy; ties keep the current)."""
+        cfg = self.config
         settings = [("previous", self.previous), ("current", self.current)]
         if self.previous == self.current:
             settings = settings[1:]
@@ -168,10 +185,13 @@ class SurrogateHPO:
         self.steps_done += self.steps
         test = self._evaluate(fused.original, "test")
         sur_val = self._evaluate(fused.surrogate, "val") if fused.surrogate is not None else None
-        wall_a = time.perf_counter() - wall0
+        return {"role": role, "kept": kept, "fused": fused, "val": val, "test": test,
+                "sur_val": sur_val, "n_settings": len(settings)}  # fmt: skip
 
-        # (b) evaluate the population on copies of the kept surrogate (or original), in parallel
-        wall_b0 = time.perf_counter()
+    def _stage_b(self, t: int, lr: float, fused: Any) -> tuple[list[HypParaSet], list, list, int]:
+        """(b) evaluate the population on copies of the kept surrogate (or original), in
+        parallel; (c) tell the optimizer. Returns population, results, objectives, best."""
+        cfg = self.config
         population = self.search.ask_population()
         base = fused.surrogate if fused.surrogate is not None else fused.original
         setup = {
@@ -187,16 +207,16 @@ class SurrogateHPO:
             model=copy.deepcopy(base).cpu(), data=self._data_handle, setup=setup,
         )  # fmt: skip
         objectives = [float(r["objective"]) for r in results]
-        # (c) update the population with the optimizer
         self.search.tell_population(objectives)
         finite = [i for i, o in enumerate(objectives) if math.isfinite(o)] or [0]
         best = max(finite, key=lambda i: objectives[i])
-        self.previous, self.current = kept, population[best]
-        self.t += 1
-        wall_b = time.perf_counter() - wall_b0
+        return population, results, objectives, best
 
+    def _cost(self, n_settings: int, results: list, wall0: float, cpu0: float) -> dict[str, float]:
+        """This iteration's cost (added to ``totals``): runs, epochs, wall and CPU seconds."""
+        cfg = self.config
         remote = self.executor.name != "serial"
-        n_orig = len(settings) + (cfg.popsize if cfg.evaluate_on == "original" else 0)
+        n_orig = n_settings + (cfg.popsize if cfg.evaluate_on == "original" else 0)
         n_sur = cfg.popsize if cfg.evaluate_on == "surrogate" else 0
         cost = {
             "original_runs": float(n_orig),
@@ -210,15 +230,27 @@ class SurrogateHPO:
         }
         for key, val_ in cost.items():
             self.totals[key] += val_
-        totals = self.totals
+        return cost
+
+    def _record(
+        self, t: int, lr: float, a: dict[str, Any], population: list[HypParaSet],
+        results: list, objectives: list[float], best: int, cost: dict[str, float],
+    ) -> dict[str, Any]:  # fmt: skip
+        cfg, totals, val, test, sur_val = (
+            self.config,
+            self.totals,
+            a["val"],
+            a["test"],
+            a["sur_val"],
+        )
         cost_t_ori = (
             totals["original_epochs"] + totals["surrogate_epochs"] / self.flops["ratio"]
         ) / cfg.max_iter_epochs
-        record: dict[str, Any] = {
+        return {
             "iteration": float(t),
             "epoch": (t + 1) * cfg.ni_epochs,
             "lr": lr,
-            "kept_previous": float(role == "previous"),
+            "kept_previous": float(a["role"] == "previous"),
             "original_val_accuracy": val["accuracy"],
             "original_val_f1": val["macro_f1"],
             "original_val_objective": val["objective"],
@@ -226,14 +258,12 @@ class SurrogateHPO:
             "original_test_accuracy": test["accuracy"],
             "original_test_f1": test["macro_f1"],
             **({"surrogate_val_accuracy": sur_val["accuracy"]} if sur_val else {}),
-            **_prefixed("trained", kept),
+            **_prefixed("trained", a["kept"]),
             "best_objective": objectives[best],
             "best_accuracy": float(results[best]["accuracy"]),
             **_prefixed("best", self.current),
             "population_objective_mean": sum(objectives) / len(objectives),
             **cost,
-            "wall_seconds_original": wall_a,
-            "wall_seconds_population": wall_b,
             **{f"total/{k}": v for k, v in totals.items()},
             "total/cost_t_ori": cost_t_ori,
             "flops_ratio": self.flops["ratio"],
@@ -243,8 +273,6 @@ class SurrogateHPO:
                 for h, r in zip(population, results, strict=True)
             ],
         }
-        self.history.append(record)
-        return record
 
     def best(self) -> HypParaSet:
         """The setting the original was last trained with (X_ib after the last stage (a))."""

@@ -158,33 +158,9 @@ class PeriodEngine:
         in_force = self.regularizers.values()
         for hook in self.hooks:
             hook.period_start(self.model)
-
-        c = self.num_classes
-        conf = torch.zeros(c * c, dtype=torch.long, device=self.device)
-        loss_sum = torch.zeros((), device=self.device)
-        epoch_eval: dict[str, float] = {}
-        self.model.train()
-        for _ in range(opts.period_length):
-            x, y = self.train_batches.next()
-            for hook in self.hooks:
-                x = hook.transform(x)
-            logits, loss = self._forward_loss(x, y, train=True)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            for hook in self.hooks:
-                hook.after_step(self.model)
-            loss_sum += loss.detach().float()
-            confusion_update(conf, y, logits.detach().argmax(1))
-            self.passes += 1
-            if self.train_batches.epoch_ended and self._evaluate_now():
-                epoch_eval = self._epoch_evaluation()
-                self.model.train()
-
+        train_loss, conf, epoch_eval = self._train_passes(opts.period_length)
         for hook in self.hooks:
             hook.period_end(self.model)
-        train_loss = float(loss_sum) / opts.period_length
         if not math.isfinite(train_loss):
             self.status = STATUS_DIVERGED
         val_loss, val_f1 = self._val_minibatches()
@@ -207,6 +183,33 @@ class PeriodEngine:
         self.last = record
         record.seconds = time.perf_counter() - start
         return record
+
+    def _train_passes(self, n: int) -> tuple[float, torch.Tensor, dict[str, float]]:
+        """``n`` training passes: mean loss, the confusion counts, and the epoch-end evaluation
+        when an epoch ended inside them (empty otherwise)."""
+        c = self.num_classes
+        conf = torch.zeros(c * c, dtype=torch.long, device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        epoch_eval: dict[str, float] = {}
+        self.model.train()
+        for _ in range(n):
+            x, y = self.train_batches.next()
+            for hook in self.hooks:
+                x = hook.transform(x)
+            logits, loss = self._forward_loss(x, y, train=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            for hook in self.hooks:
+                hook.after_step(self.model)
+            loss_sum += loss.detach().float()
+            confusion_update(conf, y, logits.detach().argmax(1))
+            self.passes += 1
+            if self.train_batches.epoch_ended and self._evaluate_now():
+                epoch_eval = self._epoch_evaluation()
+                self.model.train()
+        return float(loss_sum) / n, conf, epoch_eval
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
