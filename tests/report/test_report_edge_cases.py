@@ -81,3 +81,12 @@ def test_baseline_with_a_single_seed(store_factory: Callable[..., str]) -> None:
     text = compare_experiment("exp", store_factory(trials, steps=False))
     assert "M vs BL: seed(s) 1, 2 have a value on one side only" in text
     assert "untested (n=1 seed" in text
+
+
+def test_a_single_method_has_nothing_to_pair(store_factory: Callable[..., str]) -> None:
+    uri = store_factory([Trial("BL", f"b{s}", s, 0.7) for s in range(3)], steps=False)
+    text = compare_experiment("exp", uri)
+    assert "| BL | grid | 3 |" in text and "Verdicts" not in text
+    doc = json.loads(compare_experiment("exp", uri, fmt="json"))
+    assert doc["paired"] == [] and doc["baseline"] == "BL"
+    assert compare_frame("exp", uri)["verdict"].isna().all()
