@@ -1,6 +1,6 @@
 """The validation vocabulary: one-line ``ConfigError``s naming the field, for every checker.
 
-``config.py``, the method classes and every options dataclass (models, datasets, controllers,
+``config/``, the method classes and every options dataclass (models, datasets, controllers,
 regularizers, surrogate options) check user input with these few functions, so the same mistake
 reads the same everywhere and a bool never passes for a number (``True`` is an ``int`` in Python,
 and YAML turns ``yes`` into ``True``). Core module: standard library only.
