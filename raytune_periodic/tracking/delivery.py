@@ -1,17 +1,24 @@
 """How the store's writes reach MLflow: in order, off the caller's thread, spooled in an outage.
 
 ``DeliveryMixin`` is the half of ``MlflowStore`` that owns the write path: per-period batches go
-through one background writer thread (``flush`` waits for it); every write goes through
-``_submit``, which applies it now or, while the server is unreachable (or earlier writes are
-still spooled), appends it to the experiment's local spool (``spool.py``); the spool is delivered
-in order on the next successful contact (at most every ``retry_s`` seconds) or by ``sync``.
-``_apply`` is the single dispatcher of every operation kind, live or replayed.
+through one background writer thread fed by a bounded queue (``RP_MLFLOW_QUEUE_MAX`` writes,
+default 10000: a caller that gets that far ahead waits, a warning says so); ``flush`` waits for
+it. Every write goes through ``_submit``, which applies it now or, while the server is
+unreachable (or earlier writes are still spooled), appends it to the experiment's local spool
+(``spool.py``); the spool is delivered in order on the next successful contact (at most every
+``retry_s`` seconds) or by ``sync``. A write that fails for any other reason is never dropped:
+it goes to the spool's failed-writes log (``raytune-periodic mlflow-sync --retry-failed`` replays
+it), is logged as an error, and ``flush()``/``close()`` raise. The spool is ``fsync``-ed when
+the writer goes idle and at every ``flush``. ``_apply`` is the single dispatcher of every
+operation kind, live or replayed.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -32,6 +39,9 @@ RunTag = _entities.RunTag
 
 _log = logging.getLogger(__name__)
 
+QUEUE_MAX_ENV = "RP_MLFLOW_QUEUE_MAX"
+DEFAULT_QUEUE_MAX = 10000
+
 
 class DeliveryMixin:
     """The write path of ``MlflowStore`` (which provides the run-tree methods it calls)."""
@@ -45,7 +55,20 @@ class DeliveryMixin:
     _replay_last: dict[str, int]
     _queue: queue.Queue[dict[str, Any]]
     _writer: threading.Thread | None
-    _errors: list[Exception]
+    _errors: list[BaseException]
+    _unsaved: list[tuple[dict[str, Any], BaseException]]
+    _behind_warn_at: float
+
+    def _init_delivery(self) -> None:
+        self.retry_s = float(os.environ.get("RP_MLFLOW_RETRY_S", "5"))
+        self._retry_at = 0.0
+        self._replay_last = {}
+        maxsize = int(os.environ.get(QUEUE_MAX_ENV, DEFAULT_QUEUE_MAX))
+        self._queue = queue.Queue(maxsize=max(1, maxsize))
+        self._writer = None
+        self._errors = []  # failures since the last strict flush (each write kept aside)
+        self._unsaved = []  # failed writes the failed-writes log could not take (disk)
+        self._behind_warn_at = 0.0
 
     # implemented by MlflowStore
     def _find_or_create(self, key: Any, tags: Any, params: Any, name: Any) -> tuple[str, bool]:
@@ -67,14 +90,17 @@ class DeliveryMixin:
                 "MLflow server %s unreachable, spooling to %s: %s",
                 self.tracking_uri,
                 self.spool.path,
-                str(exc).splitlines()[0][:300],
+                str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
             )
         self._retry_at = time.monotonic() + self.retry_s
 
     def _online(self, force: bool = False) -> bool:
-        """Whether the server may be contacted now: nothing spooled, or the spool delivered."""
+        """Whether the server may be contacted now: nothing spooled, or the spool delivered.
+
+        Constant time while something is spooled and the retry time has not come (a long
+        outage does not slow each write down)."""
         with self.spool.lock:
-            if not self.spool.pending():
+            if not self.spool.has_pending():
                 return True
             if not force and time.monotonic() < self._retry_at:
                 return False
@@ -86,27 +112,55 @@ class DeliveryMixin:
                     raise
                 self._went_offline(exc)
                 return False
-            _log.warning("MLflow %s back: delivered %d spooled operations", self.tracking_uri, n)
-            return True
+            if n:
+                _log.warning(
+                    "MLflow %s back: delivered %d spooled operations", self.tracking_uri, n
+                )
+            return not self.spool.has_pending()
 
     def sync(self) -> int:
         """Deliver this experiment's spool now; returns how many operations remain spooled."""
         self.flush(strict=False)
         self._online(force=True)
+        self.spool.tidy()
         return self.spool.pending()
 
     def _submit(self, op: dict[str, Any]) -> None:
-        """Apply one write now, or spool it (server unreachable, or earlier writes spooled)."""
+        """Apply one write now, or spool it (server unreachable, or earlier writes spooled);
+        a write that fails otherwise goes to the failed-writes log (``_reject``)."""
         with self.spool.lock:
-            if self._online():
+            try:
+                online = self._online()
+            except Exception as exc:  # the spool could not be delivered (e.g. a full disk)
+                _log.error("delivering the MLflow spool %s failed: %s", self.spool.path, exc)
+                self._errors.append(exc)
+                online = False
+            if online:
                 try:
                     self._apply(op)
                     return
                 except Exception as exc:
                     if not is_unreachable(exc):
-                        raise
+                        self._reject(op, exc)
+                        return
                     self._went_offline(exc)
-            self.spool.append(op)
+            self.spool.append(op)  # kept in memory, with an error logged, if the disk refuses
+
+    def _reject(self, op: dict[str, Any], exc: BaseException) -> None:
+        """Keep a write that failed for a reason other than an unreachable server in the
+        failed-writes log (in memory if even that fails); raise it in synchronous mode."""
+        self._errors.append(exc)
+        try:
+            self.spool.keep_failed(op, exc)
+        except Exception as disk:  # noqa: BLE001 - the disk, mostly: keep it in memory
+            _log.error(
+                "failed-writes log %s refused a write (%s): kept in memory",
+                self.spool.failed_path,
+                disk,
+            )
+            self._unsaved.append((op, exc))
+        if self.synchronous:
+            raise exc
 
     def _real(self, run_id: str) -> str:
         """A placeholder run id mapped to its real run (raises while it is not created)."""
@@ -159,6 +213,7 @@ class DeliveryMixin:
 
     # ------------------------------------------------------------------ background writer
     def _log_metrics(self, op: dict[str, Any]) -> None:
+        """Queue a write for the writer thread (in order; waits while the queue is full)."""
         if self.synchronous:
             self._submit(op)
             return
@@ -166,30 +221,77 @@ class DeliveryMixin:
             self._writer = threading.Thread(target=self._write_loop, name="rp-mlflow", daemon=True)
             self._writer.start()
             atexit.register(self.flush, strict=False)
-        self._queue.put(op)
+        try:
+            self._queue.put_nowait(op)
+        except queue.Full:
+            if time.monotonic() >= self._behind_warn_at:
+                _log.warning(
+                    "MLflow writer is %d writes behind (%s): waiting for it",
+                    self._queue.maxsize,
+                    self.tracking_uri,
+                )
+                self._behind_warn_at = time.monotonic() + 60
+            self._queue.put(op)  # back-pressure: the caller waits for room
 
     def _write_loop(self) -> None:
         while True:
             op = self._queue.get()
             try:
                 self._submit(op)
-            except Exception as exc:  # noqa: BLE001 - kept for flush()
-                _log.error("MLflow log_batch for run %s failed: %s", op.get("run"), exc)
-                self._errors.append(exc)
+            except Exception as exc:  # noqa: BLE001 - nothing is dropped: kept aside
+                self._reject(op, exc)
             finally:
+                if self._queue.empty():  # idle: make what was spooled durable (batched)
+                    with contextlib.suppress(OSError):
+                        self.spool.fsync()
                 self._queue.task_done()
 
-    def flush(self, strict: bool = True) -> None:
-        """Wait until every queued ``log_batch`` is written.
+    def _retry_unsaved(self) -> None:
+        while self._unsaved:
+            op, exc = self._unsaved[0]
+            try:
+                self.spool.keep_failed(op, exc)
+            except Exception:  # noqa: BLE001 - still refused: kept for the next flush
+                return
+            self._unsaved.pop(0)
 
-        ``strict``: raise if any of them failed since the last strict flush (the store's own
-        reads and ``finish_*`` flush non-strictly: failures are logged and kept for ``close``).
+    def flush(self, strict: bool = True) -> None:
+        """Wait until every queued write is done (applied, spooled or kept aside), then
+        ``fsync`` the spool.
+
+        ``strict``: raise if any write failed since the last strict flush (each is in the
+        failed-writes log) or if writes are still only in memory (the disk refused them);
+        the store's own reads and ``finish_*`` flush non-strictly.
         """
         self._queue.join()
-        if strict and self._errors:
+        with self.spool.lock:
+            self._retry_unsaved()
+            try:
+                self.spool.fsync()
+            except OSError as exc:
+                _log.error("fsync of the MLflow spool %s failed: %s", self.spool.path, exc)
+            if strict and self.spool.memory:
+                with contextlib.suppress(Exception):
+                    self._online(force=True)  # the server may take what the disk refused
+        if not strict:
+            return
+        problems = []
+        if self._errors:
             errors, self._errors = self._errors, []
-            raise RuntimeError(f"{len(errors)} MLflow log_batch call(s) failed: {errors[0]}")
+            problems.append(
+                f"{len(errors)} MLflow write(s) failed (first: {errors[0]}); kept in "
+                f"{self.spool.failed_path}: `raytune-periodic mlflow-sync --retry-failed` "
+                "replays them"
+            )
+        if self.spool.memory or self._unsaved:
+            problems.append(
+                f"{len(self.spool.memory) + len(self._unsaved)} MLflow write(s) could not be "
+                f"written to {self.spool.path.parent} (disk full?) and are only in memory"
+            )
+        if problems:
+            raise RuntimeError("; ".join(problems))
 
     def close(self) -> None:
-        """Flush pending logging (call before the process exits); raise if any batch failed."""
+        """Flush pending logging (call before the process exits); raise if any write failed
+        or is still only in memory."""
         self.flush()

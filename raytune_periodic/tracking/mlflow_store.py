@@ -25,8 +25,6 @@ import csv
 import io
 import logging
 import os
-import queue
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -130,8 +128,7 @@ class MlflowStore(DeliveryMixin):
                 os.environ.setdefault(key, val)
         self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
         self.spool = Spool.for_experiment(self.tracking_uri, experiment_name, spool_dir)
-        self.retry_s = float(os.environ.get("RP_MLFLOW_RETRY_S", "5"))
-        self._retry_at = 0.0
+        self._init_delivery()
         self._artifact_location = artifact_location
         if artifact_location is None and db is not None:
             self._artifact_location = str(db.parent / "mlartifacts" / metric_key(experiment_name))
@@ -145,10 +142,6 @@ class MlflowStore(DeliveryMixin):
         self._runs: dict[tuple[str, ...], str] = {}
         self._last: dict[str, int] = {}
         self._exploits: dict[str, int] = {}
-        self._replay_last: dict[str, int] = {}
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._writer: threading.Thread | None = None
-        self._errors: list[Exception] = []
         self._events: dict[str, list[list[str]]] = {}
         self._summaries: dict[str, dict[str, float]] = {}
         self._closed: set[str] = set()
@@ -257,7 +250,7 @@ class MlflowStore(DeliveryMixin):
                 self._went_offline(exc)
         ref = new_placeholder()  # created when the spool is delivered
         op = {"op": "create_run", "ref": ref, "key": list(key), "tags": tags, "params": flat}
-        self.spool.append({**op, "name": name})
+        self.spool.append({**op, "name": name})  # in memory, logged, if the disk refuses
         self._runs[key] = ref
         return ref, True
 
