@@ -75,12 +75,14 @@ def run(
     resume: bool = False,
     restart: bool = False,
     raise_on_error: bool = True,
+    progress: str = "compact",
 ) -> RunOutcome:
     """Run every method of an experiment under Ray Tune, logging to MLflow.
 
     Returns the ``RunOutcome``. If any trial errored, raises ``TrialsErroredError`` (its
     ``outcome`` attribute has the details; ``run(..., resume=True)`` retries them) unless
-    ``raise_on_error=False``, in which case check ``outcome.ok``.
+    ``raise_on_error=False``, in which case check ``outcome.ok``. ``progress``: ``compact``
+    (a line per Tuner now and then), ``tune`` (Tune's table) or ``none``.
     """
     from raytune_periodic.tuning.runner import TrialsErroredError, run_experiment
 
@@ -92,6 +94,7 @@ def run(
         mlflow_uri=mlflow_uri,
         resume=resume,
         restart=restart,
+        progress=progress,
     )
     if raise_on_error and not outcome.ok:
         raise TrialsErroredError(outcome)

@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         help="restore unfinished Tuners of the last invocation and finish them (errored trials "
         "are retried)",
     )
+    loud = run.add_mutually_exclusive_group()
+    loud.add_argument(
+        "-v", "--verbose", action="store_true", help="Tune's own progress table per trial"
+    )
+    loud.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     run.add_argument(
         "--restart",
         action="store_true",
@@ -178,6 +183,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 mlflow_uri=args.mlflow_uri,
                 resume=args.resume,
                 restart=args.restart,
+                progress="tune" if args.verbose else "none" if args.quiet else "compact",
             )
         except RunInterrupted as exc:
             print(f"interrupted: {exc}", file=sys.stderr)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -75,6 +76,18 @@ class PPOOptions:
             raise ConfigError(where, f"expected {what}, got {self.hidden!r}")
         self.hidden = hidden
         return self
+
+
+class _RLlibOwnDeprecation(logging.Filter):
+    """RLlib 2.60's ``RLModule.__init__`` builds the deprecated ``RLModuleConfig`` itself and
+    then warns about it on every module it creates; nothing a caller passes avoids it (ours
+    passes no ``config``). Dropped so ``validate`` and every trial stay quiet."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`RLModule(config=[RLModuleConfig object])`" not in record.getMessage()
+
+
+logging.getLogger("ray._common.deprecation").addFilter(_RLlibOwnDeprecation())
 
 
 def spaces(obs_dim: int, action_dim: int) -> tuple[Any, Any]:

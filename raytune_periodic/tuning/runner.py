@@ -11,6 +11,7 @@ state, the MLflow store is flushed, and the run is resumable.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -125,7 +126,7 @@ def _fit(cfg: ExperimentConfig, job: TunerJob, ctx: dict[str, Any], resume: bool
         plan.name, plan.search, new_invocation=not resume,
     )  # fmt: skip
     trainable = plan.method.trainable(cfg.tune["resources"])
-    tuner = build_tuner(cfg, job, callback, resume, trainable)
+    tuner = build_tuner(cfg, job, callback, resume, trainable, ctx["progress"])
     return tuner.fit()
 
 
@@ -137,11 +138,13 @@ def run_experiment(
     mlflow_uri: str | None = None,
     resume: bool = False,
     restart: bool = False,
+    progress: str = "compact",
 ) -> RunOutcome:
     """Run (or resume) every method of ``cfg`` under Ray Tune, logging to MLflow.
 
     Returns the outcome; errored trials are listed in ``outcome.errored_trials`` (the Tuners
     stay resumable). Raises ``RunInterrupted`` after SIGINT/SIGTERM (state saved, resumable).
+    ``progress``: ``compact`` (a line per Tuner now and then), ``tune`` (Tune's table), ``none``.
     """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table
     start = time.perf_counter()
@@ -149,9 +152,33 @@ def run_experiment(
     state = DriverState(storage / cfg.name)
     state.acquire()
     try:
-        return _run_locked(cfg, state, address, mlflow_uri, resume, restart, start)
+        with _quiet_snapshot_warnings():
+            return _run_locked(cfg, state, address, mlflow_uri, (resume, restart, progress), start)
     finally:
         state.release()
+
+
+@contextlib.contextmanager
+def _quiet_snapshot_warnings() -> Iterator[None]:
+    """Tune's snapshot warning (trials checkpointing often) once, then a count at the end."""
+    from raytune_periodic.tuning.progress import (
+        SNAPSHOT_LOGGER,
+        SNAPSHOT_NEEDLE,
+        SummarisedWarnings,
+    )
+
+    flt = SummarisedWarnings(SNAPSHOT_NEEDLE)
+    logger = logging.getLogger(SNAPSHOT_LOGGER)
+    logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(flt)
+        if flt.suppressed:
+            print(
+                f"(Tune's experiment-state snapshot warning repeated {flt.suppressed} more "
+                f"times: trials checkpoint often; a larger tune.checkpoint_every quiets it)"
+            )
 
 
 def _run_locked(
@@ -159,12 +186,12 @@ def _run_locked(
     state: DriverState,
     address: str | None,
     mlflow_uri: str | None,
-    resume: bool,
-    restart: bool,
+    flags: tuple[bool, bool, str],
     start: float,
 ) -> RunOutcome:
     from raytune_periodic.tracking import MlflowStore
 
+    resume, restart, progress = flags
     state.begin(resume, restart)
     uri = mlflow_uri or state.data.get("tracking_uri") or cfg.mlflow["tracking_uri"]
     uri = uri or default_tracking_uri()
@@ -175,7 +202,7 @@ def _run_locked(
     start_ray(address, cfg.tune["num_cpus"], plugin_modules(cfg.plugins))
     inv_id = state.data["invocation_id"]
     outcome = RunOutcome(inv_id, uri, cfg.mlflow_experiment, str(state.dir))
-    ctx = {"uri": uri, "invocation_id": inv_id, "method_runs": {}}
+    ctx = {"uri": uri, "invocation_id": inv_id, "method_runs": {}, "progress": progress}
     for name, plan in cfg.plan.items():
         ctx["method_runs"][name] = store.start_method(
             inv_run, inv_id, name, plan.search, plan.method.static_params()

@@ -65,10 +65,18 @@ def file_loggers(cfg: ExperimentConfig) -> list[Any]:
     return loggers
 
 
-def reporter(job: TunerJob) -> Any:
-    """Tune's progress table: status per trial with the values and the metrics that matter."""
+def reporter(cfg: ExperimentConfig, job: TunerJob, progress: str) -> Any:
+    """The console: ``compact`` (one line per report, ``tuning/progress.py``), ``tune``
+    (Tune's table: status per trial with the values and the metrics that matter) or ``none``."""
     from ray.tune import CLIReporter
 
+    from raytune_periodic.tuning.progress import CompactProgress
+
+    if progress == "compact":
+        seeds = "-".join(f"s{s}" for s in job.seeds)
+        return CompactProgress(
+            f"{job.plan.name} {seeds}", cfg.periods, _iteration_periods(job, cfg)
+        )
     return CLIReporter(
         metric_columns={
             "training_iteration": "iter",
@@ -82,8 +90,18 @@ def reporter(job: TunerJob) -> Any:
     )
 
 
+def _iteration_periods(job: TunerJob, cfg: ExperimentConfig) -> int:
+    """Periods per Tune iteration (the surrogate searches: one Algorithm 1 iteration)."""
+    return int(cfg.tune["iteration_periods"]) if job.plan.method.runs_engine else 1
+
+
 def build_tuner(
-    cfg: ExperimentConfig, job: TunerJob, callback: Any, resume: bool, trainable: Any
+    cfg: ExperimentConfig,
+    job: TunerJob,
+    callback: Any,
+    resume: bool,
+    trainable: Any,
+    progress: str = "compact",
 ) -> Any:
     """A restored Tuner (``--resume``, errored trials retried) or a new one."""
     from ray import tune
@@ -108,8 +126,8 @@ def build_tuner(
             name=job.path.name,
             storage_path=str(job.path.parent),
             callbacks=[callback, *file_loggers(cfg)],
-            verbose=cfg.tune["verbose"],
-            progress_reporter=reporter(job),
+            verbose=0 if progress == "none" else max(1, cfg.tune["verbose"]),
+            progress_reporter=None if progress == "none" else reporter(cfg, job, progress),
             failure_config=tune.FailureConfig(max_failures=cfg.tune["max_failures"]),
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=cfg.tune["checkpoint_every"],

@@ -146,6 +146,8 @@ def test_user_plugins_through_the_cli(user_dir: Path, tmp_path: Path) -> None:
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=500,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
+    assert "[USER s0] trials 1/1 done, 0 running, 0 errored | periods 4/4" in run.stdout
+    assert "Current best trial" not in run.stdout  # Tune's per-line config dump is off
     assert_schedule(dropout_schedule(uri, "plugins-cli"))
     # compare reads the same store through $MLFLOW_TRACKING_URI, no --mlflow-uri anywhere
     cmp = subprocess.run(
