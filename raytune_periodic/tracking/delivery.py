@@ -83,6 +83,9 @@ class DeliveryMixin:
     def _persisted_last_step(self, run_id: str) -> int:
         raise NotImplementedError
 
+    def _dedupe(self, run_id: str, key: tuple[str, ...]) -> None:
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ outage handling
     def _went_offline(self, exc: BaseException) -> None:
         if time.monotonic() >= self._retry_at:
@@ -175,7 +178,9 @@ class DeliveryMixin:
         kind = op["op"]
         if kind == "create_run":
             tags = {k: self._real(v) if is_placeholder(v) else v for k, v in op["tags"].items()}
-            run_id, _ = self._find_or_create(tuple(op["key"]), tags, op["params"], op["name"])
+            run_id, created = self._find_or_create(tuple(op["key"]), tags, op["params"], op["name"])
+            if created:  # a retried create_run may have left a twin (found ones were checked)
+                self._dedupe(run_id, tuple(op["key"]))
             self.spool.set_id(op["ref"], run_id)
             return
         run_id = self._real(op["run"])
@@ -198,6 +203,8 @@ class DeliveryMixin:
             self.client.log_artifacts(run_id, op["dir"], op["path"])
         elif kind == "log_text":
             self.client.log_text(run_id, op["text"], op["path"])
+        elif kind == "dedupe":
+            self._dedupe(run_id, tuple(op["key"]))
         elif kind == "exploit_event":
             self._exploit_event(run_id, [str(x) for x in op["row"]])
         elif kind == "finish_trial":

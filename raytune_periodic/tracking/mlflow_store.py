@@ -114,7 +114,10 @@ class MlflowStore(RunWritesMixin):
         db = sqlite_path(self.tracking_uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
-        if self.tracking_uri.startswith(("http://", "https://")):
+        #: look for an empty twin of each created run: over HTTP, MLflow retries a
+        #: ``create_run`` whose response was lost, and the server may have created both
+        self.dedupe_creates = self.tracking_uri.startswith(("http://", "https://"))
+        if self.dedupe_creates:
             for key, val in HTTP_DEFAULTS.items():
                 os.environ.setdefault(key, val)
         self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
@@ -234,6 +237,8 @@ class MlflowStore(RunWritesMixin):
                 if created:
                     self._fresh.add(run_id)
                     self._last[run_id] = -1
+                    if self.dedupe_creates:  # off the caller's thread (one search per run)
+                        self._log_metrics({"op": "dedupe", "run": run_id, "key": list(key)})
                 return run_id, created
             except Exception as exc:
                 if not is_unreachable(exc):
@@ -255,20 +260,13 @@ class MlflowStore(RunWritesMixin):
     ) -> tuple[str, bool]:
         """Re-attach to the run with ``key``'s tags (reopened, missing params added), or create
         it (``search=False``: create, the caller knows it cannot exist)."""
-        found = []
-        if search:
-            filt = [tag_filter({TAG_KIND: key[0], TAG_INVOCATION: key[1]})]
-            if len(key) > 2:
-                filt.append(tag_filter({_ID_TAG[key[0]]: key[2]}))
-            found = self.client.search_runs(
-                [self.experiment_id],
-                " and ".join(filt),
-                max_results=1,
-                order_by=["start_time ASC"],
-            )
+        found = self._same_identity(key) if search else []
         if found:
-            run = found[0]
+            # the earliest run holding metrics (else the earliest): a retried create_run may
+            # have left an empty twin, which goes
+            run = next((r for r in found if r.data.metrics), found[0])
             run_id = run.info.run_id
+            self._drop_twins(run_id, found)
             missing = {k: v for k, v in flat.items() if k not in run.data.params}
             changed = [k for k, v in flat.items() if run.data.params.get(k, v) != v]
             if changed:
@@ -286,6 +284,39 @@ class MlflowStore(RunWritesMixin):
             self._log_params(run_id, flat)
             created = True
         return run_id, created
+
+    def _same_identity(self, key: tuple[str, ...]) -> list[Any]:
+        """The runs carrying ``key``'s identity tags, oldest first."""
+        filt = [tag_filter({TAG_KIND: key[0], TAG_INVOCATION: key[1]})]
+        if len(key) > 2:
+            filt.append(tag_filter({_ID_TAG[key[0]]: key[2]}))
+        return list(
+            self.client.search_runs(
+                [self.experiment_id],
+                " and ".join(filt),
+                max_results=50,
+                order_by=["start_time ASC"],
+            )
+        )
+
+    def _dedupe(self, run_id: str, key: tuple[str, ...]) -> None:
+        """Delete empty twins of the run just created with ``key``'s identity: MLflow's HTTP
+        client retries a POST whose response was lost (read timeout, 5xx), so one
+        ``create_run`` can create two runs, and a later re-attach would pick the empty one."""
+        self._drop_twins(run_id, self._same_identity(key))
+
+    def _drop_twins(self, keep: str, runs: list[Any]) -> None:
+        for run in runs:
+            twin = run.info.run_id
+            if twin == keep:
+                continue
+            if run.data.metrics:  # never delete data: say so and keep it
+                _log.warning("runs %s and %s share one identity and both hold metrics", keep, twin)
+                continue
+            self.client.delete_run(twin)
+            _log.warning(
+                "deleted run %s: an empty twin of run %s (a retried create_run)", twin, keep
+            )
 
     def _reopen(self, run_id: str, kind: str) -> None:
         self._submit({"op": "reopen", "run": run_id, "kind": kind})

@@ -191,3 +191,59 @@ def test_offline_write_cost_does_not_grow_with_the_spool(tmp_path: Path) -> None
     per_write = (time.perf_counter() - began) / 100
     assert per_write < 0.005, f"{per_write * 1000:.2f} ms per write while offline"
     assert store.spool.pending() == 60_101
+
+
+def _twin_creating(store) -> None:  # noqa: ANN001
+    """``create_run`` as MLflow's HTTP client can do it: the server creates the run, the
+    response is lost, the client retries the POST and the server creates a second run."""
+    real = store.client._real.create_run
+
+    def create_run(*args: object, **kwargs: object) -> object:
+        real(*args, **kwargs)  # the lost response
+        return real(*args, **kwargs)
+
+    store.client._real.create_run = create_run
+
+
+def _active_trial_runs(store, trial_id: str) -> list:  # noqa: ANN001
+    found = store.client._real.search_runs(
+        [store.experiment_id], f"tags.`rp.trial_id` = '{trial_id}'"
+    )
+    return [r for r in found if r.info.lifecycle_stage == "active"]
+
+
+def test_retried_run_creation_leaves_one_run(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store.dedupe_creates = True  # what an http(s) store does (no HTTP retries on SQLite)
+    _, method, _ = tree(store)
+    _twin_creating(store)
+    t1 = store.start_trial(method, "inv", "PD", "t1", {"lr": 0.2})
+    for step in range(3):
+        store.log_step(t1, step, record(step))
+    store.flush()
+    runs = _active_trial_runs(store, "t1")
+    assert [r.info.run_id for r in runs] == [t1]  # the empty twin was deleted
+    assert steps(store, t1) == [0, 1, 2]
+    # a --resume re-attaches to the run with the data, not to an empty twin
+    resumed = make_store(tmp_path)
+    assert resumed.start_trial(method, "inv", "PD", "t1", {"lr": 0.2}) == t1
+
+
+def test_run_created_during_a_lost_response_is_reused_on_replay(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    _, method, _ = tree(store)
+    real = store.client._real.create_run
+
+    def created_then_lost(*args: object, **kwargs: object) -> object:
+        real(*args, **kwargs)  # the server created it ...
+        raise ConnectionError("read timed out")  # ... the answer never came: spooled
+
+    store.client._real.create_run = created_then_lost
+    t1 = store.start_trial(method, "inv", "PD", "t1", {"lr": 0.2})
+    for step in range(3):
+        store.log_step(t1, step, record(step))
+    store.flush(strict=False)
+    store.client._real.create_run = real
+    assert store.sync() == 0
+    runs = _active_trial_runs(store, "t1")
+    assert len(runs) == 1 and steps(store, t1) == [0, 1, 2]
