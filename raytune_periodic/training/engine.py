@@ -53,10 +53,11 @@ class TrainOptions:
     seed: int = 0
 
     def validate(self, field: str = "train") -> TrainOptions:
-        lows = {"period_length": 1, "periods": 1, "batch_size": 1, "eval_batch_size": 1}
-        lows |= {"val_batches": 0, "eval_every_epochs": 0, "num_workers": 0}
-        for key, low in lows.items():
-            integer(getattr(self, key), f"{field}.{key}", low)
+        limits = {"period_length": (1, 10**7), "periods": (1, 10**6), "batch_size": (1, 10**6)}
+        limits |= {"eval_batch_size": (1, 10**6), "val_batches": (0, 10**5)}
+        limits |= {"eval_every_epochs": (0, 10**6), "num_workers": (0, 1024)}
+        for key, (low, high) in limits.items():  # sanity limits: a typo, not a budget
+            integer(getattr(self, key), f"{field}.{key}", low, high)
         integer(self.seed, f"{field}.seed")
         number(self.lr, f"{field}.lr", 0.0, low_open=True)
         number(self.weight_decay, f"{field}.weight_decay", 0.0)
