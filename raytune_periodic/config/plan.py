@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from raytune_periodic.controllers import CONTROLLERS, REWARDS, build_controller
 from raytune_periodic.data import DATASETS, load_dataset
 from raytune_periodic.errors import ConfigError
@@ -75,8 +77,17 @@ def parse_spec(spec: Mapping[str, Any], fld: str) -> RunSpec:
         raise ConfigError(f"{fld}.{exc.field}", exc.message) from None
 
 
+#: a model with more parameters than this is refused at validation (float32: 4 GB of weights,
+#: about 16 GB with Adam's moments and the gradients): almost surely a wrong option
+MAX_PARAMETERS = 1_000_000_000
+
+
 def check_data_and_model(spec: RunSpec, fld: str) -> tuple[Bounds, tuple[int, ...]]:
-    """Load the dataset and build the model once: paths, names and shapes fail before Ray."""
+    """Load the dataset and build the model once: paths, names and shapes fail before Ray.
+
+    The model is built on PyTorch's ``meta`` device (shapes, no memory), so an absurd size is
+    refused instead of allocated.
+    """
     opts = dict(spec.dataset)
     dname = opts.pop("name")
     try:
@@ -87,11 +98,23 @@ def check_data_and_model(spec: RunSpec, fld: str) -> tuple[Bounds, tuple[int, ..
         mname = mopts.pop("name")
         if not compatible(mname, data.input_shape):
             build_model(mname, data.input_shape, data.num_classes, **mopts)  # raises the error
-        model = build_model(mname, data.input_shape, data.num_classes, **mopts)
+        with torch.device("meta"):
+            model = build_model(mname, data.input_shape, data.num_classes, **mopts)
+        size = sum(p.numel() for p in model.parameters())
+        if size > MAX_PARAMETERS:
+            msg = f"model {mname!r} has {size:,} parameters (limit {MAX_PARAMETERS:,})"
+            raise ConfigError("model.name", msg)
         regs = insert_regularizers(model, spec.regularizers)
     except ConfigError as exc:
         raise ConfigError(f"{fld}.{exc.field}", exc.message) from None
+    except Exception as exc:  # a plugin's builder or loader failing: one line, not a traceback
+        raise ConfigError(fld, f"{type(exc).__name__}: {_first_line(exc)}") from None
     return regs.bounds(), tuple(data.input_shape)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else "(no message)"
 
 
 def anchor_agent_checkpoint(ctrl: dict[str, Any], fld: str) -> None:
@@ -162,15 +185,25 @@ def resolve_method(
     if isinstance(ctrl, dict):
         anchor_agent_checkpoint(ctrl, fld)
         if bounds is not None:
-            built = build_controller(ctrl, field=f"{fld}.controller")
-            built.bind(bounds, field=f"{fld}.controller")
-            built.close()
+            _check_controller(ctrl, bounds, f"{fld}.controller")
     method = build_method(name, entry, trials)
     plugins = plugins_of(parsed, method.controller() if isinstance(ctrl, dict) else None)
     search_path = _method_plugin(entry)
     if search_path:
         plugins.setdefault("methods", {})[str(entry["search"])] = search_path
     return MethodPlan(str(name), entry, method, spec, bounds, plugins)
+
+
+def _check_controller(ctrl: dict[str, Any], bounds: Bounds, fld: str) -> None:
+    """Build and bind the controller once (a plugin's exception becomes one line)."""
+    try:
+        built = build_controller(ctrl, field=fld)
+        built.bind(bounds, field=fld)
+        built.close()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(fld, f"{type(exc).__name__}: {_first_line(exc)}") from None
 
 
 def _method_plugin(entry: Mapping[str, Any]) -> str | None:

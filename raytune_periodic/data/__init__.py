@@ -12,6 +12,7 @@ only (per channel for images, per feature for tabular data).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -194,6 +195,9 @@ def dataset_options(name: str) -> dict[str, object]:
 def load_dataset(name: str, **options: object) -> DataSplits:
     """Load dataset ``name``; unknown names/options raise ``ConfigError`` listing valid ones."""
     DATASETS.get(name, field="dataset.name")
+    root = options.get("root")
+    if root is not None and not isinstance(root, str | os.PathLike):
+        raise ConfigError(_opt("root"), f"expected a path, got {type(root).__name__} {root!r}")
     data = DATASETS.build(name, options, "dataset.options")
     if not isinstance(data, DataSplits):
         raise ConfigError(
