@@ -26,6 +26,8 @@ from raytune_periodic.protocol.mlflow_layout import (
     PARAM_METHOD,
     PARAM_SEARCH,
     PARAM_SEED,
+    STATUS_ERROR,
+    STATUS_RUNNING,
     TAG_CHECKPOINT_PATH,
     TAG_CONTROLLER,
     TAG_DATASET,
@@ -33,6 +35,7 @@ from raytune_periodic.protocol.mlflow_layout import (
     TAG_REPLICATE,
     TAG_SEARCH,
     TAG_SEED,
+    TAG_STATUS,
 )
 from raytune_periodic.protocol.trial_results import AGENT_DIR
 from raytune_periodic.records import STATUS_DIVERGED, STATUS_OK
@@ -178,8 +181,48 @@ class MlflowCallback(Callback):
         self._finish(trial, STATUS_OK)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, "error")
+        self._finish(trial, STATUS_ERROR)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Also complete trial runs whose Tune trial finished in an earlier driver that died
+        before their end reached MLflow (``--resume`` restores them as finished)."""
+        for trial in trials:
+            done = self._trials.get(trial.trial_id)
+            if trial.status in ("TERMINATED", "ERROR") and (done is None or not done.finished):
+                self._complete_from_tune(trial)
         if self._store is not None:
             self._store.flush()
+
+    def _complete_from_tune(self, trial: Any) -> None:
+        """Replay the trial's results from Tune's ``result.json`` (steps already in MLflow are
+        skipped) and finish its run, unless MLflow already has its end."""
+        log = self._trial(trial)
+        if self._run_status(log.run_id) not in (None, STATUS_RUNNING):
+            log.finished = True
+            return
+        for result in _tune_results(getattr(trial, "local_path", None)):
+            self.on_trial_result(0, [], trial, result)
+        self._finish(trial, STATUS_OK if trial.status == "TERMINATED" else STATUS_ERROR)
+
+    def _run_status(self, run_id: str) -> str | None:
+        """The run's ``rp.status`` tag (None when it cannot be read, e.g. during an outage)."""
+        try:
+            self.store.flush(strict=False)
+            return self.store.client.get_run(run_id).data.tags.get(TAG_STATUS)
+        except Exception:  # noqa: BLE001 - unreadable now: treat as unknown, finish it
+            return None
+
+
+def _tune_results(trial_dir: str | None) -> list[dict[str, Any]]:
+    """The results Tune wrote for a trial (``result.json``, one JSON object a line; a torn last
+    line, from a killed driver, is skipped)."""
+    if not trial_dir or not os.path.isfile(os.path.join(trial_dir, "result.json")):
+        return []
+    out = []
+    with open(os.path.join(trial_dir, "result.json")) as fh:
+        for line in fh:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
