@@ -202,6 +202,8 @@ def test_finish_trial_summary_and_schedule(store: MlflowStore) -> None:
         "final_val_f1": 0.66,
         "final_test_f1": 0.69,  # the last epoch end's, not the best one's
         "final_gap": recs[5]["gap"],
+        "final_train_loss": recs[5]["train_loss"],  # the last step's
+        "final_val_loss": 1.0,  # the last epoch end's full_val_loss
         "trial_seconds": 1.5,
         "total_passes": 120.0,  # 4 periods of 20 + 180 / 9 + (200 - 180)
         "n_periods": 6.0,

@@ -96,6 +96,11 @@ def summarize(records: Sequence[Mapping[str, float]], n_exploits: int = 0) -> di
     ``final_test_f1``: the last epoch end's ``test_f1`` (no early stopping: shows overfitting);
     ``final_gap``: the last step's ``gap``; ``trial_seconds``: sum of ``period_seconds``;
     ``total_passes``: the passes this trial ran (see ``own_passes``); ``n_periods``: steps.
+    Losses at the last epoch (the Tiny-ImageNet paper's Table 1): ``final_train_loss`` = the last
+    step's ``train_loss`` (mean over its passes, penalties included, as Keras' ``loss``);
+    ``final_val_loss`` = the last epoch end's ``full_val_loss`` (plain cross-entropy of the whole
+    validation split, else the last ``val_loss``); ``final_val_loss_penalised`` = that plus the
+    step's ``full_val_penalty`` (Keras' ``val_loss`` adds the weight penalties), when logged.
     Non-finite values are ignored; a metric that cannot be computed is left out.
     """
     recs = sorted(records, key=lambda r: r.get("step", 0))
@@ -117,6 +122,7 @@ def summarize(records: Sequence[Mapping[str, float]], n_exploits: int = 0) -> di
             out["final_val_f1"] = recs[-1]["val_f1"]
     if recs and is_finite(recs[-1].get("gap")):
         out["final_gap"] = recs[-1]["gap"]
+    out.update(_final_losses(recs))
     seconds = [r["period_seconds"] for r in recs if is_finite(r.get("period_seconds"))]
     out["trial_seconds"] = float(sum(seconds))
     out["total_passes"] = own_passes(recs)
@@ -124,6 +130,22 @@ def summarize(records: Sequence[Mapping[str, float]], n_exploits: int = 0) -> di
         vals = [r[key] for r in recs if is_finite(r.get(key))]
         if vals:
             out[key.replace("/", "_")] = vals[-1]
+    return out
+
+
+def _final_losses(recs: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """``final_train_loss``, ``final_val_loss`` and ``final_val_loss_penalised`` (see
+    ``summarize``)."""
+    out: dict[str, float] = {}
+    if recs and is_finite(recs[-1].get("train_loss")):
+        out["final_train_loss"] = recs[-1]["train_loss"]
+    ends = [r for r in recs if is_finite(r.get("full_val_loss"))]
+    if ends:
+        out["final_val_loss"] = ends[-1]["full_val_loss"]
+        if is_finite(ends[-1].get("full_val_penalty")):
+            out["final_val_loss_penalised"] = out["final_val_loss"] + ends[-1]["full_val_penalty"]
+    elif recs and is_finite(recs[-1].get("val_loss")):
+        out["final_val_loss"] = recs[-1]["val_loss"]
     return out
 
 
