@@ -1,6 +1,12 @@
 """The bundled datasets (no download): scikit-learn's digits (8×8 images) and iris (tabular).
 
-scikit-learn is imported inside the loaders: importing it pulls in pandas (~1 s).
+Both take the common options and two for reproducing a paper's own split: ``split_seed`` draws
+the test split with scikit-learn's ``train_test_split(test_size=test_fraction,
+random_state=split_seed, stratify=y)`` (the iris survey: 0.2 and 42) instead of from ``seed``
+(val carving, the train subsample and label noise still follow ``seed``), and ``val_is_test``
+validates on the test split, as the survey's ``validation_data=(X_test, y_test)`` does
+(``val_fraction`` then carves nothing). scikit-learn is imported inside the loaders: importing it
+pulls in pandas (~1 s).
 """
 
 from __future__ import annotations
@@ -10,6 +16,39 @@ import torch
 
 from raytune_periodic.data import check_common, make_splits, split_indices
 from raytune_periodic.data._base import DataSplits
+from raytune_periodic.validation import boolean, integer
+
+
+def _indices(
+    y: np.ndarray,
+    rng: np.random.Generator,
+    test_fraction: float,
+    val_fraction: float,
+    train_size: int | None,
+    split_seed: int | None,
+    val_is_test: bool,
+) -> dict[str, np.ndarray]:
+    """train/val/test indices: ``split_indices`` from ``rng``, or the paper's split (module doc)."""
+    if split_seed is None and not val_is_test:
+        return split_indices(
+            y, rng, test_fraction=test_fraction, val_fraction=val_fraction, train_size=train_size
+        )
+    if split_seed is None:
+        idx = split_indices(y, rng, test_fraction=test_fraction, train_size=train_size)
+    else:
+        from sklearn.model_selection import train_test_split
+
+        integer(split_seed, "dataset.options.split_seed", 0)
+        pool, test = train_test_split(
+            np.arange(len(y)), test_size=test_fraction, random_state=split_seed, stratify=y
+        )
+        sub = split_indices(
+            y[pool], rng, val_fraction=0.0 if val_is_test else val_fraction, train_size=train_size
+        )
+        idx = {k: pool[v] for k, v in sub.items()} | {"test": np.asarray(test)}
+    if val_is_test:
+        idx["val"] = idx["test"].copy()
+    return idx
 
 
 def _load_arrays(
@@ -23,7 +62,10 @@ def _load_arrays(
     val_fraction: float,
     train_size: int | None,
     label_noise: float,
+    split_seed: int | None = None,
+    val_is_test: bool = False,
 ) -> DataSplits:
+    val_is_test = boolean(val_is_test, "dataset.options.val_is_test")
     check_common(
         seed=seed,
         val_fraction=val_fraction,
@@ -33,9 +75,7 @@ def _load_arrays(
         test_fraction=test_fraction,
     )
     rng = np.random.default_rng(seed)
-    idx = split_indices(
-        y, rng, test_fraction=test_fraction, val_fraction=val_fraction, train_size=train_size
-    )
+    idx = _indices(y, rng, test_fraction, val_fraction, train_size, split_seed, val_is_test)
     parts = ("train", "val", "test")
     xs = {k: torch.tensor(x[idx[k]], dtype=torch.float32) for k in parts}
     ys = {k: torch.tensor(y[idx[k]], dtype=torch.int64) for k in parts}
@@ -47,7 +87,12 @@ def _load_arrays(
         seed=seed,
         label_noise=label_noise,
         rng=rng,
-        info={"test_fraction": test_fraction, "val_fraction": val_fraction},
+        info={
+            "test_fraction": test_fraction,
+            "val_fraction": val_fraction,
+            "split_seed": split_seed,
+            "val_is_test": val_is_test,
+        },  # fmt: skip
     )
 
 
@@ -57,6 +102,8 @@ def load_digits(
     val_fraction: float = 0.2,
     train_size: int | None = None,
     label_noise: float = 0.0,
+    split_seed: int | None = None,
+    val_is_test: bool = False,
 ) -> DataSplits:
     """scikit-learn digits: 1797 8×8 grey images of 0-9, input_shape ``(1, 8, 8)``.
 
@@ -77,6 +124,8 @@ def load_digits(
         val_fraction=val_fraction,
         train_size=train_size,
         label_noise=label_noise,
+        split_seed=split_seed,
+        val_is_test=val_is_test,
     )
 
 
@@ -86,6 +135,8 @@ def load_iris(
     val_fraction: float = 0.2,
     train_size: int | None = None,
     label_noise: float = 0.0,
+    split_seed: int | None = None,
+    val_is_test: bool = False,
 ) -> DataSplits:
     """scikit-learn iris: 150 flowers, 4 features, 3 classes; input_shape ``(4,)``.
 
@@ -104,4 +155,6 @@ def load_iris(
         val_fraction=val_fraction,
         train_size=train_size,
         label_noise=label_noise,
+        split_seed=split_seed,
+        val_is_test=val_is_test,
     )

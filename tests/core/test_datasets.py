@@ -295,3 +295,24 @@ def test_fer2013_missing_or_bad_root(tmp_path):
     with pytest.raises(ConfigError, match="2304 pixels") as err:
         load_dataset("fer2013", root=bad)
     assert err.value.field == "dataset.options.root"
+
+
+def test_iris_paper_split_is_sklearns_80_20_with_random_state_42() -> None:
+    """The survey's ``train_test_split(X, y, test_size=0.2, random_state=42, stratify=y)``,
+    validated on its test split, whatever the experiment seed."""
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_iris(return_X_y=True)
+    x_train, x_test, _, y_test = train_test_split(x, y, test_size=0.2, random_state=42, stratify=y)
+    for seed in (0, 3):
+        data = load_dataset("iris", seed=seed, test_fraction=0.2, split_seed=42, val_is_test=True)
+        assert [len(data.train), len(data.val), len(data.test)] == [120, 30, 30]
+        mean, std = torch.tensor(data.info["mean"]), torch.tensor(data.info["std"])
+        assert torch.allclose(_x(data.test) * std + mean, torch.tensor(x_test).float(), atol=1e-5)
+        assert data.test.tensors[1].tolist() == y_test.tolist()
+        assert torch.equal(_x(data.val), _x(data.test))
+        assert torch.allclose(mean, torch.tensor(x_train.mean(0)).float(), atol=1e-5)
+    with pytest.raises(ConfigError) as err:
+        load_dataset("iris", split_seed=-1)
+    assert err.value.field == "dataset.options.split_seed"
