@@ -1,4 +1,5 @@
-"""FER2013 facial expressions (48×48 grey, 7 classes) from a local CSV; never downloaded.
+"""FER2013 facial expressions (48×48 grey, 7 classes; ``size`` resizes) from a local CSV; never
+downloaded.
 
 Accepted layouts (``root`` is a CSV file or a directory holding one of these, first found wins):
 
@@ -20,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from raytune_periodic.data import check_common, make_splits, split_indices
 from raytune_periodic.data._base import DataSplits
 from raytune_periodic.errors import ConfigError
+from raytune_periodic.validation import integer
 
 ROOT = "dataset.options.root"
 NUM_CLASSES = 7
@@ -108,6 +111,17 @@ def _kaggle_splits(
     return {"train": pool[sub["train"]], "val": pool[sub["val"]], "test": where["test"]}
 
 
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 1, 48, 48) in [0, 1] → (N, 1, size, size), bilinear with antialiasing, in chunks."""
+    if len(images) == 0:
+        return images.new_zeros((0, images.shape[1], size, size))
+    chunks = [
+        F.interpolate(c, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        for c in images.split(4096)
+    ]
+    return torch.cat(chunks).clamp_(0.0, 1.0)
+
+
 def load_fer2013(
     root: str | None = None,
     seed: int = 0,
@@ -115,15 +129,19 @@ def load_fer2013(
     test_fraction: float = 0.1,
     train_size: int | None = None,
     label_noise: float = 0.0,
+    size: int = SIDE,
 ) -> DataSplits:
-    """FER2013, input_shape ``(1, 48, 48)``: pixels /255, then standardised by train stats.
+    """FER2013, input_shape ``(1, size, size)``: pixels /255, then standardised by train stats.
 
     ``val_fraction`` None uses PublicTest as val (Kaggle CSV) or 0.1 of ``train.csv``; a number
     carves that fraction of the training rows instead. ``test_fraction`` applies only to the
-    ``train.csv`` layout (the Kaggle CSV's test split is PrivateTest).
+    ``train.csv`` layout (the Kaggle CSV's test split is PrivateTest). ``size`` resizes the 48×48
+    faces (bilinear, antialiased): the surrogate paper's 28×28 for LeNet and ResNet20, 227×227
+    for M-ResNet.
     """
     if root is None:
         raise ConfigError(ROOT, "required for fer2013")
+    size = integer(size, "dataset.options.size", 8, 1024)
     check_common(
         seed=seed,
         val_fraction=val_fraction,
@@ -149,6 +167,9 @@ def load_fer2013(
         idx = _kaggle_splits(path, labels, usage, rng, val_fraction, train_size, info)
     parts = ("train", "val", "test")
     xs = {k: torch.from_numpy(images[idx[k]]).unsqueeze(1).to(torch.float32) / 255 for k in parts}
+    if size != SIDE:
+        xs = {k: resize(v, size) for k, v in xs.items()}
+        info["size"] = size
     ys = {k: torch.from_numpy(labels[idx[k]]) for k in parts}
     return make_splits(
         "fer2013",

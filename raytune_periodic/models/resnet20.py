@@ -7,9 +7,17 @@ option A — a parameter-free detail that changes nothing the regularizers act o
 
 Each block has ``bn1``, ``conv2`` and its own ``relu1``/``relu2`` modules, so the ``block_bn``
 placement hits one BN+ReLU unit per block and ``before_relu`` hits each ReLU call site once.
+
+The network is ``features`` (stem, the stages, global average pooling, flatten: image → the 64-dim
+z) then ``head`` (a Sequential holding the one FC layer ``fc``), the split the surrogate paper's
+methods need: its ResNet20 has one FC layer, whose input z and weight V carry the 4
+hyperparameters ``(p_z, p_V, λ_z, λ_V)`` (Table 2), and its surrogate replaces ``features`` by one
+convolution to the last 64×7×7 map (``(64, 6, 4, 1)`` on 28×28 faces).
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -41,30 +49,35 @@ class BasicBlock(nn.Module):
 
 
 class ResNet20(nn.Module):
-    """3 stages × ``blocks`` BasicBlocks (16-32-64 filters × ``width``); classifier ``fc``."""
+    """3 stages × ``blocks`` BasicBlocks (16-32-64 filters × ``width``) in ``features``; the
+    classifier ``head.fc``."""
 
     def __init__(self, in_channels: int, num_classes: int, blocks: int = 3, width: int = 1) -> None:
         super().__init__()
         widths = [16 * width, 32 * width, 64 * width]
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU()
         layers: list[nn.Module] = []
         c_in = widths[0]
         for stage, c_out in enumerate(widths):
             for b in range(blocks):
                 layers.append(BasicBlock(c_in, c_out, 2 if stage > 0 and b == 0 else 1))
                 c_in = c_out
-        self.layers = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, num_classes)
+        self.features = nn.Sequential(
+            OrderedDict(
+                conv1=nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+                bn1=nn.BatchNorm2d(widths[0]),
+                relu=nn.ReLU(),
+                layers=nn.Sequential(*layers),
+                pool=nn.AdaptiveAvgPool2d(1),
+                flatten=nn.Flatten(),
+            )
+        )
+        self.head = nn.Sequential(OrderedDict(fc=nn.Linear(c_in, num_classes)))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(self.relu(self.bn1(self.conv1(x))))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        return self.head(self.features(x))
 
 
 def build_resnet20(

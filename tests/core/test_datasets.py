@@ -272,6 +272,20 @@ def test_fer2013_options(tmp_path):
     assert (len(carved.train), len(carved.val), len(carved.test)) == (14, 7, 4)
 
 
+def test_fer2013_size_resizes_the_faces(tmp_path):
+    """The surrogate paper's 28×28 faces for LeNet/ResNet20 (§3.2)."""
+    write_fer2013_csv(tmp_path / "fer2013.csv")
+    full = load_dataset("fer2013", root=tmp_path)
+    small = load_dataset("fer2013", root=tmp_path, size=28)
+    assert small.input_shape == (1, 28, 28) and small.info["size"] == 28
+    assert labels_of(small.test).tolist() == labels_of(full.test).tolist()
+    x = _x(small.train)
+    assert abs(float(x.mean())) < 1e-5 and abs(float(x.std(correction=0)) - 1) < 1e-4
+    with pytest.raises(ConfigError) as err:
+        load_dataset("fer2013", root=tmp_path, size=4)
+    assert err.value.field == "dataset.options.size"
+
+
 def test_fer2013_torchvision_train_csv_layout(tmp_path):
     folder = tmp_path / "fer2013"
     folder.mkdir()

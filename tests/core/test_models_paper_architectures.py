@@ -97,3 +97,23 @@ def test_mresnet_options_and_batchnorm_targets() -> None:
     _step(bn, (3, 32, 32), 7)
     with pytest.raises(ConfigError, match="reps"):
         build_model("mresnet", (3, 32, 32), 7, filters=[8, 16], reps=[1])
+
+
+def test_resnet20_has_features_and_a_one_fc_head() -> None:
+    """The surrogate paper's ResNet20: one FC layer after the pooled 64-dim z (Table 2)."""
+    model = build_model("resnet20", (1, 28, 28), 7)
+    assert isinstance(model.features, nn.Sequential) and isinstance(model.head, nn.Sequential)
+    assert [n for n, _ in model.head.named_children()] == ["fc"]
+    assert model.features(torch.zeros(2, 1, 28, 28)).shape == (2, 64)
+    assert classifier_name(model) == "head.fc"
+
+
+def test_caffe_lenet_is_valid_padding_with_an_800_unit_z() -> None:
+    """Caffe's LeNet on 28×28: 28→24→12→8→4, a 50×4×4 map, z of 800 units (Table 2)."""
+    model = build_model("lenet", (1, 28, 28), 7, padding=0)
+    assert model.features(torch.zeros(1, 1, 28, 28)).shape == (1, 800)
+    assert model.head.fc1.in_features == 800
+    assert build_model("lenet", (1, 28, 28), 7).head.fc1.in_features == 50 * 7 * 7  # padded
+    with pytest.raises(ConfigError) as err:
+        build_model("lenet", (1, 8, 8), 10, padding=0)
+    assert err.value.field == "model.options.padding"
