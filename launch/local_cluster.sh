@@ -26,8 +26,12 @@ address  print the GCS address (for `raytune-periodic run --address`) and the da
   --dashboard-port P   dashboard port (default 8275)
   -h, --help           show this help
 
-Token auth: RAY_AUTH_MODE=token is exported for every node; the token is ~/.ray/auth_token
-(created if missing). Clients need RAY_AUTH_MODE=token too.
+Token auth is on: `ray start` (Ray 2.60) enables it only with RAY_AUTH_MODE=token, which this
+script exports for every node. The token is Ray's: $RAY_AUTH_TOKEN, else the file
+$RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (created owner-only when missing, 256 random bits
+as `ray get-auth-token --generate` makes them). After start the script checks that the
+dashboard refuses a request without the token, and stops the nodes if it does not. Clients
+(ray.init, `ray job submit`, launch/submit.sh) need RAY_AUTH_MODE=token and the same token.
 USAGE
 }
 cmd="${1:-}"
@@ -85,7 +89,15 @@ case "$cmd" in
         exit 0 ;;
 esac
 
-ray get-auth-token --generate >/dev/null 2>&1
+if [[ -z "${RAY_AUTH_TOKEN:-}" ]]; then
+    token_file="${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"
+    if [[ ! -s "$token_file" ]]; then
+        mkdir -p "$(dirname "$token_file")"
+        (umask 077 && "${PYTHON:-python}" -c \
+            'import secrets; print(secrets.token_hex(32), end="")' >"$token_file")
+    fi
+    chmod 600 "$token_file"
+fi
 # node index i gets its own agent ports: base + 10*i
 start_node() {  # name, extra args...
     local name="$1" i="$2"
@@ -123,8 +135,8 @@ PY
 for ((i = 1; i <= workers; i++)); do
     start_node "worker$i" "$i" --address "127.0.0.1:$port" --num-cpus "$cpus" --num-gpus 0
 done
-"${PYTHON:-python}" - "$port" "$((workers + 1))" <<'PY'
-import sys, time
+"${PYTHON:-python}" - "$port" "$((workers + 1))" "$dash_port" <<'PY'
+import sys, time, urllib.error, urllib.request
 import ray
 ray.init(address=f"127.0.0.1:{sys.argv[1]}", logging_level="ERROR")
 deadline = time.monotonic() + 120
@@ -132,7 +144,13 @@ while sum(n["Alive"] for n in ray.nodes()) < int(sys.argv[2]):
     if time.monotonic() > deadline:
         sys.exit("not every node joined")
     time.sleep(0.5)
-print(f"{sys.argv[2]} nodes alive")
+try:  # token auth must be on: the jobs API refuses a request without the token
+    urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[3]}/api/jobs/", timeout=30)
+    sys.exit("token authentication is OFF: the dashboard answered without a token")
+except urllib.error.HTTPError as exc:
+    if exc.code != 401:
+        sys.exit(f"token authentication check: HTTP {exc.code}, expected 401")
+print(f"{sys.argv[2]} nodes alive, token authentication on")
 PY
 trap - ERR
 echo "gcs=127.0.0.1:$port"

@@ -23,7 +23,9 @@ driver connects to the cluster through the RAY_ADDRESS that Ray sets for every j
   -h, --help           show this help
 
 Ray token auth: the client needs RAY_AUTH_MODE=token and the cluster's token
-(~/.ray/auth_token or RAY_AUTH_TOKEN), as on the cluster.
+(~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN), as on the cluster. What is shipped:
+the checkout without .git, .venv, runs/, MLflow's local stores (mlflow.db, mlruns, mlartifacts)
+and launch/mlflow_server.sh's data directory (mlflow-server/); Ray also honours .gitignore.
 USAGE
 }
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -62,7 +64,8 @@ root, uri, storage, *extra = sys.argv[1:]
 env = {"MLFLOW_TRACKING_URI": uri, "RP_STORAGE_PATH": storage}
 env.update(kv.split("=", 1) for kv in extra)
 print(json.dumps({"working_dir": root, "env_vars": env,
-                  "excludes": [".git", ".venv", "runs", "mlartifacts", "mlflow.db"]}))
+                  "excludes": [".git", ".venv", "runs", "mlartifacts", "mlflow.db",
+                               "mlflow-server", "mlruns"]}))
 PY
 )"
 exec ray job submit --address "$address" "${wait_flag[@]}" --runtime-env-json "$env_json" -- \
