@@ -56,7 +56,9 @@ def test_rejected_write_is_kept_and_retry_failed_replays_it(tmp_path: Path) -> N
     assert not list((tmp_path / "spool").glob("*/*.failed.jsonl"))
 
 
-def test_retry_failed_keeps_what_fails_again(tmp_path: Path) -> None:
+def test_retry_failed_keeps_what_fails_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = make_store(tmp_path, synchronous=True)
     _, _, trial = tree(store)
     _reject_step(store, 1)
@@ -64,25 +66,22 @@ def test_retry_failed_keeps_what_fails_again(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):  # synchronous: the caller sees the failure ...
         store.log_step(trial, 1, record(1))
     assert store.spool.failed_count() == 1  # ... and the write is kept all the same
-    # the 'server' rejects it again during the retry (a patched sync store): kept again
     import raytune_periodic.tracking.sync as sync_mod
 
     real_store = sync_mod._store
 
-    def flaky_store(*args: object) -> object:
+    def rejecting_store(*args: object) -> object:  # the server refuses it once more
         s = real_store(*args)
         s.client = type(store.client)(s.client)
         _reject_step(s, 1)
         return s
 
-    sync_mod._store = flaky_store
-    try:
-        out: list[str] = []
-        assert sync_spools(tmp_path / "spool", retry_failed=True, out=out.append) == 1
-        assert "1 failed again" in out[-1], out
-    finally:
-        sync_mod._store = real_store
-    assert sync_spools(tmp_path / "spool", retry_failed=True, out=print) == 0
+    monkeypatch.setattr(sync_mod, "_store", rejecting_store)
+    out: list[str] = []
+    assert sync_spools(tmp_path / "spool", retry_failed=True, out=out.append) == 1
+    assert "1 failed again" in out[-1], out
+    monkeypatch.undo()
+    assert sync_spools(tmp_path / "spool", retry_failed=True, out=out.append) == 0, out
     assert steps(store, trial) == [0, 1]
 
 
