@@ -15,8 +15,10 @@ Each iteration t (``curIter = (t+1)·NI ≤ MaxIter``):
     ``lr · decay^(steps / decay_steps)``, updated at iteration boundaries (line 16).
 
 ``evaluate_on="original"`` drops the surrogate and evaluates candidates by training copies of the
-original: the "EA without surrogate" comparator. The network starts from random weights (the
-paper fine-tunes a face-recognition model in its first iteration). ``state_dict()`` between
+original: the "EA without surrogate" comparator (not the paper's Table 5 EA, which is a GA on the
+surrogate: ``optimizer="ga"``). The network starts from seeded random weights, or from
+``pretrained`` (the paper fine-tunes a face-recognition model in its first iteration:
+:mod:`.original`). ``state_dict()`` between
 iterations captures everything (weights, momentum, the pickled optimizer with its RNG, seeds are
 derived from (seed, t)), so a restored object's next iteration equals the uninterrupted one.
 """
@@ -33,18 +35,17 @@ from typing import Any
 import torch
 
 from raytune_periodic.data._base import DataSplits
-from raytune_periodic.models import build_model
 from raytune_periodic.surrogate.config import EVALUATE_ON, SurrogateHPOConfig
 from raytune_periodic.surrogate.executors import Executor, make_executor
 from raytune_periodic.surrogate.networks import (
     FusedNet,
-    build_surrogate,
     count_flops,
     fused_loss,
 )
 from raytune_periodic.surrogate.objective import evaluate
 from raytune_periodic.surrogate.optimizers import PopulationOptimizer
-from raytune_periodic.surrogate.sparseness import NAMES, HypParaSet, attach_sparseness
+from raytune_periodic.surrogate.original import build_original
+from raytune_periodic.surrogate.sparseness import NAMES, HypParaSet
 from raytune_periodic.surrogate.training import (
     derive_seed,
     evaluate_candidate,
@@ -70,15 +71,7 @@ class SurrogateHPO:
         self.data = data
         self.device = resolve_device(cfg.device, "surrogate.device")
         initial = cfg.initial or cfg.search.center()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(cfg.seed, "init"))
-            original = build_model(
-                cfg.model, data.input_shape, data.num_classes, **cfg.model_options
-            )
-            attach_sparseness(original, initial, inverted=cfg.inverted_dropout)
-            surrogate = None
-            if cfg.evaluate_on == "surrogate":
-                surrogate = build_surrogate(original, data.input_shape, cfg.conv)
+        original, surrogate = build_original(cfg, data, initial, cfg.evaluate_on == "surrogate")
         self.fused = FusedNet(original, surrogate).to(self.device)
         t_ori = count_flops(original, data.input_shape)
         t_sur = count_flops(surrogate, data.input_shape) if surrogate is not None else t_ori
@@ -254,9 +247,11 @@ class SurrogateHPO:
             "original_val_accuracy": val["accuracy"],
             "original_val_f1": val["macro_f1"],
             "original_val_objective": val["objective"],
+            "original_val_loss": val["loss"],
             "fused_train_loss": val["train_loss"],
             "original_test_accuracy": test["accuracy"],
             "original_test_f1": test["macro_f1"],
+            "original_test_loss": test["loss"],
             **({"surrogate_val_accuracy": sur_val["accuracy"]} if sur_val else {}),
             **_prefixed("trained", a["kept"]),
             "best_objective": objectives[best],

@@ -9,7 +9,9 @@
   1 (7 × 7 = 49 points) but N_grid = 8 · 8 = 64; we keep both ranges and N_grid = 64 by spacing
   8 values evenly over each (``n_p``, ``n_lambda`` change it). Cost: N_grid · T_ori.
 - "EA without surrogate": :func:`ea_config` — Algorithm 1 whose candidates are trained on copies
-  of the original instead of the surrogate (cost (2 + N) original runs per iteration).
+  of the original instead of the surrogate (cost (2 + N) original runs per iteration). Not from
+  the paper: Table 5's "EA-based" row is a GA on the surrogate (``optimizer="ga"``, same cost as
+  Algorithm 1), and its RBF row is :mod:`.rbf`.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ import torch
 
 from raytune_periodic.data._base import DataSplits
 from raytune_periodic.errors import ConfigError
-from raytune_periodic.models import build_model
 from raytune_periodic.surrogate.algorithm import SurrogateHPOConfig, ea_config
 from raytune_periodic.surrogate.executors import Executor, make_executor
 from raytune_periodic.surrogate.objective import evaluate
-from raytune_periodic.surrogate.sparseness import LAMBDAS, NAMES, HypParaSet, attach_sparseness
+from raytune_periodic.surrogate.original import build_original
+from raytune_periodic.surrogate.sparseness import LAMBDAS, NAMES, HypParaSet
 from raytune_periodic.surrogate.training import (
     current_task_id,
     derive_seed,
@@ -79,11 +81,7 @@ def train_original(
     hyp = HypParaSet.from_dict(hyp)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     device = resolve_device(cfg.device, "surrogate.device")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed, "init"))
-        model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
-    attach_sparseness(model, hyp, inverted=cfg.inverted_dropout)
-    model.to(device)
+    model = build_original(cfg, data, hyp)[0].to(device)
     opts = cfg.solver
     steps = max(1, round(cfg.ni_epochs * steps_per_epoch(data.train, opts.batch_size)))
     sgd = make_sgd(model.parameters(), opts, opts.lr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from raytune_periodic.errors import ConfigError
@@ -22,7 +23,7 @@ from raytune_periodic.surrogate.optimizers import OptimizerOptions
 from raytune_periodic.surrogate.sparseness import HypParaSet, SearchSpace
 from raytune_periodic.surrogate.training import SolverOptions
 from raytune_periodic.training.engine import resolve_device
-from raytune_periodic.validation import boolean, choice, known_keys, mapping, number
+from raytune_periodic.validation import boolean, choice, known_keys, mapping, number, string
 
 EVALUATE_ON = ("surrogate", "original")
 
@@ -33,13 +34,17 @@ class SurrogateHPOConfig:
 
     model: str = "lenet"
     model_options: dict[str, Any] = field(default_factory=dict)
-    optimizer: str = "pso"  #: "de" (DE/rand/1/bin) or "pso"
+    optimizer: str = "pso"  #: "de" (DE/rand/1/bin), "pso" or "ga" (Table 5's EA)
     popsize: int = 6
     F: float = 0.1
     CR: float = 0.6
     omega: float = 0.6
     phip: float = 0.2
     phig: float = 0.9
+    tournament: int = 2  #: GA: tournament size (§3.4)
+    p_cross: float = 0.9  #: GA: crossover probability (pySOT's, §3.4)
+    p_mutation: float | None = None  #: GA: per-coordinate mutation probability (None: 1/dim)
+    sigma: float = 0.2  #: GA: mutation std in units of the box's width
     ni_epochs: float = 1.0  #: NI: epochs per iteration (of the original and of each candidate)
     max_iter_epochs: float = 10.0  #: MaxIter in epochs: iterations = floor(MaxIter / NI)
     search: SearchSpace = field(default_factory=SearchSpace)
@@ -53,6 +58,9 @@ class SurrogateHPOConfig:
     cpus_per_candidate: float = 0.5
     gpus_per_candidate: float = 0.0
     inverted_dropout: bool = True
+    x_before_activation: bool = True  #: x = Vᵀz before FC1's activation, as Table 1 defines it
+    pretrained: str | None = None  #: a state dict the original starts from (Algorithm 1, line 4)
+    pretrained_strict: bool = False  #: every tensor must match (else only matching ones load)
     device: str = "cpu"
     seed: int = 0
 
@@ -62,8 +70,9 @@ class SurrogateHPOConfig:
 
     def optimizer_options(self) -> OptimizerOptions:
         return OptimizerOptions(
-            self.optimizer, self.popsize, self.F, self.CR, self.omega, self.phip, self.phig
-        )
+            self.optimizer, self.popsize, self.F, self.CR, self.omega, self.phip, self.phig,
+            self.tournament, self.p_cross, self.p_mutation, self.sigma,
+        )  # fmt: skip
 
     def validate(self, field: str = "surrogate") -> SurrogateHPOConfig:
         self.search.validate(f"{field}.search")
@@ -81,6 +90,13 @@ class SurrogateHPOConfig:
         choice(self.evaluate_on, f"{field}.evaluate_on", EVALUATE_ON)
         choice(self.executor, f"{field}.executor", EXECUTORS)
         boolean(self.inverted_dropout, f"{field}.inverted_dropout")
+        boolean(self.x_before_activation, f"{field}.x_before_activation")
+        boolean(self.pretrained_strict, f"{field}.pretrained_strict")
+        if self.pretrained is not None:
+            path = Path(string(self.pretrained, f"{field}.pretrained")).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{field}.pretrained", f"{path} does not exist")
+            self.pretrained = str(path.absolute())  # trials run in their own directories
         parse_conv(self.conv, f"{field}.conv")
         if self.initial is not None:
             self.initial = HypParaSet.from_dict(self.initial, f"{field}.initial")

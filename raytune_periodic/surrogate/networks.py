@@ -12,10 +12,12 @@ flattens (or globally pools) into z. Table 2 gives that convolution as Caffe's
 - ResNet20 ``(64, 6, 4, 1)``: (28+2−6)/4+1 = 7, ResNet20's last 64×7×7 map before its global pool.
 
 So the tuple is "the last map's channels, and a kernel/stride that reach its size in one step".
-This project's LeNet pads its convolutions (8×8 digits → 50×2×2 map, 28×28 → 50×7×7), so the
-paper's tuple does not fit it; ``conv="auto"`` applies the same rule: ``stride = H // H_map``,
-``kernel = H − (H_map − 1)·stride``, ``pad = 0`` (digits: ``(50, 4, 4, 0)``; it reproduces
-``(50, 7, 7, 0)`` for Caffe's 28→4). An explicit tuple that misses the map is a ``ConfigError``
+This project's LeNet pads its convolutions by default (8×8 digits → 50×2×2 map, 28×28 → 50×7×7);
+``lenet`` with ``padding: 0`` is Caffe's (28→4), for which the paper's ``(50, 7, 7, 0)`` fits.
+``conv="auto"`` applies the same rule: ``stride = H // H_map``, ``kernel = H − (H_map − 1)·stride``,
+``pad = 0`` (padded LeNet on digits: ``(50, 4, 4, 0)``; it reproduces ``(50, 7, 7, 0)`` for
+Caffe's 28→4; ResNet20 on 28×28: ``(64, 4, 4, 0)``, where the paper's ``(64, 6, 4, 1)`` reaches
+the same 7×7 map and may be given). An explicit tuple that misses the map is a ``ConfigError``
 that names the right one.
 
 **Fitting** (eq. 9, 10). While the original trains, the surrogate is trained on the same batch
@@ -39,7 +41,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from raytune_periodic.errors import ConfigError
-from raytune_periodic.surrogate.sparseness import SparseTwoFC, attach_sparseness
+from raytune_periodic.surrogate.fc_head import SparseTwoFC, attach_sparseness
 from raytune_periodic.validation import integer, sequence
 
 _COLLAPSE = (nn.Flatten, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -222,7 +224,8 @@ class EtaWeights:
 def euclidean_terms(
     head_o: SparseTwoFC, head_s: SparseTwoFC, unilateral: bool = True
 ) -> dict[str, torch.Tensor]:
-    """EU(x), EU(z), EU(W), EU(V) of eq. 9 from both heads' last forward.
+    """EU(x), EU(z), EU(W), EU(V) of eq. 9 from both heads' last forward (keys x, z, w, v; a
+    one-FC head has only z and v).
 
     ``unilateral=False`` (not detaching the original) exists only to show, in tests, that the
     detaching is what keeps the original's gradients unchanged.
@@ -237,12 +240,15 @@ def euclidean_terms(
         assert s is not None
         return 0.5 * (s.flatten(1) - const(o).flatten(1)).pow(2).sum(1).mean()
 
-    return {
-        "x": feat(head_s.x, head_o.x),
+    terms = {
         "z": feat(head_s.z, head_o.z),
-        "w": 0.5 * (head_s.layer_w.weight - const(head_o.layer_w.weight)).pow(2).sum(),
         "v": 0.5 * (head_s.layer_v.weight - const(head_o.layer_v.weight)).pow(2).sum(),
     }
+    w_s, w_o = head_s.layer_w, head_o.layer_w
+    if w_s is not None and w_o is not None:  # a one-FC head has no x and no W
+        terms["x"] = feat(head_s.x, head_o.x)
+        terms["w"] = 0.5 * (w_s.weight - const(w_o.weight)).pow(2).sum()
+    return terms
 
 
 def fused_loss(
@@ -265,7 +271,7 @@ def fused_loss(
         logits_s = fused.surrogate(x)
         loss = loss + F.cross_entropy(logits_s, y) + head_s.penalty()
         eu = euclidean_terms(fused.head_o, head_s, unilateral)
-        loss = loss + eta.x * eu["x"] + eta.z * eu["z"] + eta.w * eu["w"] + eta.v * eu["v"]
+        loss = loss + sum(getattr(eta, k) * term for k, term in eu.items())
     return loss, logits
 
 

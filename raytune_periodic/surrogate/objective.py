@@ -1,8 +1,10 @@
 """The optimizers' objective, eq. 11: ``acc_v − κ · mean_j ||x_j||_1 / ||x_j||_2`` (κ = 1e-5).
 
 ``acc_v`` is the validation accuracy as a fraction in [0, 1]; ``x_j`` is the FC2 input of
-validation sample j (the L1/L2 ratio is Hoyer's sparseness measure: small for sparse x). A zero
-vector counts as ratio 0. Larger is better; the optimizers minimise ``−objective``.
+validation sample j (the head's ``x``: Table 1's ``Vᵀz`` unless the head records it after the
+activation; for a one-FC head such as ResNet20's, which has no x, its FC's input z). The L1/L2
+ratio is Hoyer's sparseness measure: small for sparse x. A zero vector counts as ratio 0. Larger
+is better; the optimizers minimise ``−objective``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from raytune_periodic.surrogate.sparseness import sparse_head
+from raytune_periodic.surrogate.fc_head import sparse_head
 from raytune_periodic.training.batching import iterate_eval
 from raytune_periodic.training.metrics import confusion_update, macro_f1
 
@@ -58,8 +60,9 @@ def evaluate(
             correct += int((pred == y).sum())
             total += len(y)
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            assert head.x is not None
-            ratio_sum += float(l1_l2_ratio(head.x).sum())
+            features = head.features
+            assert features is not None
+            ratio_sum += float(l1_l2_ratio(features).sum())
     finally:
         head.clear()
         model.train(was_training)

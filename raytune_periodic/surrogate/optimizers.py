@@ -1,4 +1,5 @@
-"""Nevergrad's DE and PSO for the 8 sparseness hyperparameters (§2.3, §3.1), in populations.
+"""Nevergrad's DE and PSO (and a GA) for the sparseness hyperparameters (§2.3, §3.1, §3.4), in
+populations.
 
 - **DE/rand/1/bin** (F = 0.1, CR = 0.6): :class:`~raytune_periodic.surrogate.de_rand1.DERand1Bin`,
   a thin extension of Nevergrad's DE (Nevergrad has no rand/1), with Nevergrad's LHS
@@ -7,7 +8,12 @@
   no LHS option, so its first population is an LHS sample (Nevergrad's ``LHSSearch``) fed through
   ``suggest``.
 
-Both search ``ng.p.Log`` λ and bounded ``ng.p.Scalar`` p (:func:`de_rand1.parametrization`).
+- **GA** (Table 5's "EA-based" comparator: tournament size 2, pySOT's p_cross 0.9 and p_mutation
+  1/dim): :class:`~raytune_periodic.surrogate.ga.TournamentGA` (Nevergrad has no tournament
+  selection), LHS initialisation.
+
+DE and PSO search ``ng.p.Log`` λ and bounded ``ng.p.Scalar`` p (:func:`de_rand1.parametrization`);
+the GA the same box in log10 λ.
 :class:`PopulationOptimizer` asks a whole population, then tells it (never more than ``popsize``
 asks before the tells: ng#1461), and maximises the objective (Nevergrad minimises ``−obj``).
 Nevergrad is imported when an optimizer is built, not when this module is imported.
@@ -22,10 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from raytune_periodic.errors import ConfigError
+from raytune_periodic.surrogate.ga import TournamentGA
 from raytune_periodic.surrogate.sparseness import HypParaSet, SearchSpace
 from raytune_periodic.validation import choice, integer, number
 
-OPTIMIZERS = ("de", "pso")
+OPTIMIZERS = ("de", "pso", "ga")
 #: loss told for a candidate whose objective is not finite (a diverged training)
 WORST_LOSS = 1e6
 
@@ -34,13 +41,17 @@ WORST_LOSS = 1e6
 class OptimizerOptions:
     """Which optimizer and its coefficients (defaults: §3.1)."""
 
-    name: str = "pso"  #: "de" (DE/rand/1/bin) or "pso"
+    name: str = "pso"  #: "de" (DE/rand/1/bin), "pso" or "ga"
     popsize: int = 6
     F: float = 0.1  #: DE mutation factor
     CR: float = 0.6  #: DE crossover probability
     omega: float = 0.6  #: PSO inertia w
     phip: float = 0.2  #: PSO personal-best weight c1
     phig: float = 0.9  #: PSO global-best weight c2
+    tournament: int = 2  #: GA tournament size (§3.4)
+    p_cross: float = 0.9  #: GA crossover probability (pySOT's)
+    p_mutation: float | None = None  #: GA per-coordinate mutation probability (None: 1/dim)
+    sigma: float = 0.2  #: GA mutation std, in units of the box's width (pySOT's)
 
     def validate(self, field: str = "search") -> OptimizerOptions:
         choice(self.name, f"{field}.optimizer", OPTIMIZERS)
@@ -49,8 +60,15 @@ class OptimizerOptions:
             raise ConfigError(
                 f"{field}.popsize", f"DE/rand/1 needs a population >= 4 (r0, r1, r2 != i), got {p}"
             )
+        if self.name == "ga" and p < 2:
+            raise ConfigError(f"{field}.popsize", f"a GA needs a population >= 2, got {p}")
         for key, hi in (("F", 2.0), ("CR", 1.0), ("omega", 2.0), ("phip", 4.0), ("phig", 4.0)):
             number(getattr(self, key), f"{field}.{key}", 0.0, hi)
+        integer(self.tournament, f"{field}.tournament", 1)
+        number(self.p_cross, f"{field}.p_cross", 0.0, 1.0)
+        number(self.sigma, f"{field}.sigma", 0.0, 1.0)
+        if self.p_mutation is not None:
+            number(self.p_mutation, f"{field}.p_mutation", 0.0, 1.0)
         return self
 
 
@@ -66,11 +84,17 @@ class PopulationOptimizer:
     ) -> None:
         self.space = space.validate(field)
         self.options = (options or OptimizerOptions()).validate(field)
+        self.popsize = self.options.popsize
+        self._pending: list[Any] = []
+        o = self.options
+        if o.name == "ga":
+            self.optimizer: Any = TournamentGA(
+                space, o.popsize, seed, o.tournament, o.p_cross, o.p_mutation, o.sigma
+            )
+            return
         from raytune_periodic.surrogate import de_rand1
 
         ng = de_rand1.ng
-        self.popsize = self.options.popsize
-        o = self.options
         conf: Any
         if o.name == "de":
             conf = de_rand1.DERand1Bin(F=o.F, CR=o.CR, popsize=o.popsize)
@@ -81,7 +105,6 @@ class PopulationOptimizer:
         )
         if o.name == "pso":
             self._suggest_lhs(seed)
-        self._pending: list[Any] = []
 
     def _suggest_lhs(self, seed: int) -> None:
         from raytune_periodic.surrogate import de_rand1

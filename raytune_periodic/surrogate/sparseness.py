@@ -1,23 +1,13 @@
-"""The four sparseness strategies of the surrogate paper on a model's two FC layers (eqs. 2–8).
+"""The surrogate paper's sparseness hyperparameters (eq. 8) and the box the optimizers search.
 
-A *two-FC head* is ``fc1 → activation → fc2`` (LeNet's ``head``). In the paper's notation
-(Table 1) ``z`` is the input of FC1, ``V`` its weight, ``x`` the input of FC2 (here: after the
-activation, i.e. what FC2 really receives) and ``W`` the weight of FC2. The 8-dimensional
-``HypParaSet`` (eq. 8) weights
+The 8-dimensional ``HypParaSet`` weights four strategies on a model's FC head (eqs. 2–7): feature
+L1 on z and x, weight L1 on V and W, feature dropout on z and x and weight dropout (DropConnect)
+on V and W. In the paper's notation (Table 1) ``z`` is the input of FC1, ``V`` its weight, ``x``
+the input of FC2 and ``W`` the weight of FC2; a network with one FC layer (ResNet20, Table 2) has
+only z and V, i.e. ``(p_z, p_V, λ_z, λ_V)``.
 
-- feature L1 (eq. 2):  ``L_z = mean_i ||z_i||_1``, ``L_x = mean_i ||x_i||_1`` (the paper sums over
-  the samples; we average over the mini-batch like the cross-entropy, so λ does not scale with the
-  batch size);
-- weight L1 (eq. 3):  ``L_V = ||V||_1``, ``L_W = ||W||_1`` (entry-wise, biases excluded);
-- feature dropout on z and x and weight dropout (DropConnect) on V and W (eq. 7), with drop
-  probability ``p``: one Bernoulli mask per mini-batch for a weight matrix, per element for a
-  feature. ``inverted=True`` (default, PyTorch's convention) scales survivors by ``1/(1-p)`` in
-  training and is the identity in evaluation; ``inverted=False`` is eq. 7 literally (no scaling in
-  training, values weighted by ``1-p`` in evaluation). Both have the same expectation.
-
-``attach_sparseness(model)`` swaps the head for a :class:`SparseTwoFC` that keeps the child names
-(state-dict keys do not change) and whose ``hyp`` is a plain attribute set in place, so values can
-change between iterations without rebuilding the model or its optimizer. Pure PyTorch.
+The head itself (the operators, :class:`SparseTwoFC`, finding and wrapping a model's head) is
+:mod:`.fc_head`, re-exported here. Pure PyTorch.
 """
 
 from __future__ import annotations
@@ -27,16 +17,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import torch
-from torch import nn
-from torch.nn import functional as F
-
 from raytune_periodic.errors import ConfigError
 
 #: the HypParaSet names, in this order everywhere (arrays, logs)
 LAMBDAS = ("lam_z", "lam_x", "lam_v", "lam_w")
 DROPOUTS = ("p_z", "p_x", "p_v", "p_w")
 NAMES = LAMBDAS + DROPOUTS
+#: the names a head with one FC layer has (z and V only: ResNet20's 4 hyperparameters, Table 2)
+ONE_FC_NAMES = ("lam_z", "lam_v", "p_z", "p_v")
 #: the paper's initial values (§3.1: "initialized around 1e-5 and 0.5")
 PAPER_LAMBDA = 1e-5
 PAPER_P = 0.5
@@ -171,6 +159,17 @@ class SearchSpace:
             out[name] = (v - lo) / (hi - lo)
         return out
 
+    def from_unit(self, unit: Mapping[str, float]) -> dict[str, float]:
+        """The inverse of :meth:`to_unit` for the given names (values in [0, 1] → the box)."""
+        out = {}
+        for name, u in unit.items():
+            lo, hi = self.bounds(name)
+            if self.is_log(name):
+                out[name] = float(10 ** (math.log10(lo) + u * (math.log10(hi) - math.log10(lo))))
+            else:
+                out[name] = float(lo + u * (hi - lo))
+        return out
+
 
 def _pair(value: Any, field: str) -> tuple[float, float]:
     try:
@@ -184,214 +183,26 @@ def _pair(value: Any, field: str) -> tuple[float, float]:
     return lo, hi
 
 
-# ----------------------------------------------------------------------------- operators (eq. 7)
-def feature_dropout(
-    x: torch.Tensor, p: float, training: bool, inverted: bool = True
-) -> torch.Tensor:
-    """Drop each element with probability ``p`` (eq. 7, D_x); ``inverted``: see the module."""
-    if p == 0.0:
-        return x
-    if inverted:
-        return F.dropout(x, p, training)
-    if not training:
-        return x * (1.0 - p)
-    return x * torch.empty_like(x).bernoulli_(1.0 - p)
+#: the head's names (operators, SparseTwoFC, finding it) live in :mod:`.fc_head`, which imports
+#: this module; they are re-exported lazily (PEP 562) so either module may be imported first
+_HEAD = {"SparseTwoFC", "SparsenessTerm", "TwoFCHead", "attach_sparseness", "check_one_fc",
+         "dropconnect", "feature_dropout", "sparse_head"}  # fmt: skip
 
 
-def dropconnect(
-    weight: torch.Tensor, p: float, training: bool, inverted: bool = True
-) -> torch.Tensor:
-    """Drop each weight with probability ``p``, one mask per call (eq. 7, D_W)."""
-    if p == 0.0:
-        return weight
-    if not training:
-        return weight if inverted else weight * (1.0 - p)
-    # rand < p drops (P = p); 4x cheaper than bernoulli_ on CPU, where the mask of a big FC1
-    # otherwise costs more than its matmul
-    keep = torch.rand_like(weight) >= p
-    return weight * keep / (1.0 - p) if inverted else weight * keep
+def __getattr__(name: str) -> Any:
+    if name in _HEAD:
+        from raytune_periodic.surrogate import fc_head
 
-
-class SparseTwoFC(nn.Module):
-    """``fc1 → middle → fc2`` with the 8 sparseness hyperparameters applied around both layers.
-
-    The children keep the names they had in the original head. Each forward stores the FC inputs
-    ``z`` and ``x`` (before dropout) for the L1 terms, the Euclidean losses and eq. 11; ``clear()``
-    drops them (they are never pickled or deep-copied).
-    """
-
-    def __init__(
-        self,
-        children: Mapping[str, nn.Module],
-        fc1: str,
-        fc2: str,
-        hyp: HypParaSet | None = None,
-        inverted: bool = True,
-    ) -> None:
-        super().__init__()
-        for name, module in children.items():
-            self.add_module(name, module)
-        self.fc1_name, self.fc2_name = fc1, fc2
-        self.middle = [n for n in children if n not in (fc1, fc2)]
-        self.hyp = hyp or HypParaSet()
-        self.inverted = inverted
-        self.z: torch.Tensor | None = None
-        self.x: torch.Tensor | None = None
-
-    @property
-    def layer_v(self) -> nn.Linear:
-        """FC1 (weight V)."""
-        return self._modules[self.fc1_name]  # type: ignore[return-value]
-
-    @property
-    def layer_w(self) -> nn.Linear:
-        """FC2 (weight W)."""
-        return self._modules[self.fc2_name]  # type: ignore[return-value]
-
-    def set_values(self, hyp: HypParaSet | Mapping[str, float]) -> None:
-        """Set the 8 values in place (takes effect at the next forward)."""
-        self.hyp = HypParaSet.from_dict(hyp)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h, inv, train = self.hyp, self.inverted, self.training
-        self.z = z
-        out = feature_dropout(z, h.p_z, train, inv)
-        fc1, fc2 = self.layer_v, self.layer_w
-        out = F.linear(out, dropconnect(fc1.weight, h.p_v, train, inv), fc1.bias)
-        for name in self.middle:
-            out = getattr(self, name)(out)
-        self.x = out
-        out = feature_dropout(out, h.p_x, train, inv)
-        return F.linear(out, dropconnect(fc2.weight, h.p_w, train, inv), fc2.bias)
-
-    def penalty(self) -> torch.Tensor:
-        """λ_z L_z + λ_x L_x + λ_V L_V + λ_W L_W (eq. 4 without the softmax loss), last forward."""
-        h = self.hyp
-        total = self.layer_v.weight.new_zeros(())
-        if h.lam_z:
-            total = total + h.lam_z * _features(self.z, "z").abs().sum(1).mean()
-        if h.lam_x:
-            total = total + h.lam_x * _features(self.x, "x").abs().sum(1).mean()
-        if h.lam_v:
-            total = total + h.lam_v * self.layer_v.weight.abs().sum()
-        if h.lam_w:
-            total = total + h.lam_w * self.layer_w.weight.abs().sum()
-        return total
-
-    def clear(self) -> None:
-        self.z = self.x = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["z"] = state["x"] = None
-        return state
-
-    def extra_repr(self) -> str:
-        vals = ", ".join(f"{k}={v:g}" for k, v in self.hyp.to_dict().items())
-        return f"{vals}, inverted={self.inverted}"
-
-
-def _features(t: torch.Tensor | None, name: str) -> torch.Tensor:
-    if t is None:
-        raise RuntimeError(f"no {name} recorded: run a forward pass before penalty()")
-    return t.flatten(1)
-
-
-# ----------------------------------------------------------------------------- finding the head
-@dataclass
-class TwoFCHead:
-    """Where a model's two-FC head is: ``getattr(owner, attr)`` with its FC1/FC2 child names."""
-
-    owner: nn.Module
-    attr: str
-    fc1: str
-    fc2: str
-
-    @property
-    def module(self) -> nn.Module:
-        return getattr(self.owner, self.attr)
-
-    @property
-    def v(self) -> nn.Linear:
-        """FC1, whose weight is the paper's V."""
-        return self.module.get_submodule(self.fc1)  # type: ignore[return-value]
-
-    @property
-    def w(self) -> nn.Linear:
-        """FC2, whose weight is the paper's W."""
-        return self.module.get_submodule(self.fc2)  # type: ignore[return-value]
-
-    @classmethod
-    def find(cls, model: nn.Module, attr: str = "head", field: str = "model.name") -> TwoFCHead:
-        """The two-FC head of ``model``; a model without one is a one-line ``ConfigError``."""
-        head = getattr(model, attr, None)
-        if isinstance(head, SparseTwoFC):
-            return cls(model, attr, head.fc1_name, head.fc2_name)
-        children = list(head.named_children()) if isinstance(head, nn.Sequential) else []
-        linears = [n for n, m in children if isinstance(m, nn.Linear)]
-        if (
-            len(linears) != 2
-            or children[0][0] != linears[0]
-            or children[-1][0] != linears[1]
-            or head[0].out_features != head[-1].in_features  # type: ignore[index]
-        ):
-            raise ConfigError(
-                field,
-                f"{type(model).__name__} has no two-FC head for FC sparseness (needs a "
-                f"`{attr}` Sequential fc1 -> activation -> fc2, as lenet has)",
-            )
-        return cls(model, attr, linears[0], linears[1])
-
-
-def attach_sparseness(
-    model: nn.Module,
-    hyp: HypParaSet | Mapping[str, float] | None = None,
-    attr: str = "head",
-    inverted: bool = True,
-    field: str = "model.name",
-) -> SparseTwoFC:
-    """Replace ``model.<attr>`` by a :class:`SparseTwoFC` (idempotent) and return it."""
-    found = TwoFCHead.find(model, attr, field)
-    head = found.module
-    if isinstance(head, SparseTwoFC):
-        if hyp is not None:
-            head.set_values(hyp)
-        return head
-    values = HypParaSet.from_dict(hyp) if hyp is not None else None
-    sparse = SparseTwoFC(dict(head.named_children()), found.fc1, found.fc2, values, inverted)
-    setattr(model, attr, sparse)
-    return sparse
-
-
-def sparse_head(model: nn.Module, attr: str = "head") -> SparseTwoFC:
-    """The model's :class:`SparseTwoFC` (after :func:`attach_sparseness`)."""
-    head = getattr(model, attr, None)
-    if not isinstance(head, SparseTwoFC):
-        raise ConfigError("model.name", f"{type(model).__name__} has no sparse head: attach first")
-    return head
-
-
-class SparsenessTerm:
-    """A ``PeriodEngine`` loss term (callable model → tensor) adding eq. 4's L1 terms."""
-
-    def __init__(self, head: SparseTwoFC) -> None:
-        self.head = head
-
-    def __call__(self, model: nn.Module) -> torch.Tensor:
-        return self.head.penalty()
+        return getattr(fc_head, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "DROPOUTS",
     "LAMBDAS",
     "NAMES",
+    "ONE_FC_NAMES",
     "HypParaSet",
     "SearchSpace",
-    "SparseTwoFC",
-    "SparsenessTerm",
-    "TwoFCHead",
-    "attach_sparseness",
-    "dropconnect",
-    "feature_dropout",
-    "sparse_head",
+    *sorted(_HEAD),
 ]

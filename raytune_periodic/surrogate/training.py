@@ -23,8 +23,8 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from raytune_periodic.data._base import DataSplits
+from raytune_periodic.surrogate.fc_head import SparseTwoFC, sparse_head
 from raytune_periodic.surrogate.objective import KAPPA, evaluate
-from raytune_periodic.surrogate.sparseness import SparseTwoFC, sparse_head
 from raytune_periodic.training.batching import make_batches
 from raytune_periodic.validation import integer, number
 

@@ -16,21 +16,22 @@ from typing import Any
 import torch
 
 from raytune_periodic.data._base import DataSplits
-from raytune_periodic.models import build_model
 from raytune_periodic.protocol import trial_results as R
 from raytune_periodic.surrogate import training as tr
 from raytune_periodic.surrogate.algorithm import SurrogateHPO
 from raytune_periodic.surrogate.config import SurrogateHPOConfig
 from raytune_periodic.surrogate.executors import RayExecutor, SerialExecutor
 from raytune_periodic.surrogate.objective import evaluate
-from raytune_periodic.surrogate.sparseness import NAMES, HypParaSet, attach_sparseness
+from raytune_periodic.surrogate.original import build_original
+from raytune_periodic.surrogate.sparseness import NAMES, HypParaSet
 from raytune_periodic.training.engine import resolve_device
 from raytune_periodic.tuning.methods.surrogate import hpo_config
 
 RENAMED = {"lr": "lr", "fit_loss": "fused_train_loss", "val_f1": "original_val_f1",  # ← record
            "full_val_f1": "original_val_f1", "val_accuracy": "original_val_accuracy",
            "val_objective": "original_val_objective", "test_f1": "original_test_f1",
-           "test_accuracy": "original_test_accuracy"}  # fmt: skip
+           "test_accuracy": "original_test_accuracy", "val_loss": "original_val_loss",
+           "full_val_loss": "original_val_loss", "test_loss": "original_test_loss"}  # fmt: skip
 OPTIONAL = ("best_objective", "population_objective_mean", "kept_previous",
             "surrogate_val_accuracy", "ray_tasks")  # fmt: skip
 CANDIDATE = ("objective", "accuracy", "wall_seconds", *NAMES)
@@ -43,10 +44,7 @@ class FixedRun:
         cfg = self.config = config
         self.data, self.hyp, self.t = data, hyp, 0
         self.device = resolve_device(cfg.device, "surrogate.device")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(tr.derive_seed(cfg.seed, "init"))
-            model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
-        attach_sparseness(model, hyp, inverted=cfg.inverted_dropout)
+        model = build_original(cfg, data, hyp)[0]
         self.original = model.to(self.device)
         self.sgd = tr.make_sgd(model.parameters(), cfg.solver, cfg.solver.lr)
         epoch = tr.steps_per_epoch(data.train, cfg.solver.batch_size)

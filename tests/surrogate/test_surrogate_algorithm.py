@@ -190,6 +190,61 @@ def test_ea_without_surrogate_evaluates_candidates_on_the_original(data: DataSpl
     assert "surrogate_val_accuracy" not in rec
 
 
+def test_ga_on_the_surrogate_is_table_5s_ea_at_algorithm_1s_cost(data: DataSplits) -> None:
+    """Table 5's "EA-based" row: Algorithm 1 with a GA (tournament 2) in place of PSO, the same
+    2·T_ori + N·T_sur; ``ea_original`` (candidates on the original) is another method."""
+    algo = SurrogateHPO(tiny(optimizer="ga", popsize=4, max_iter_epochs=1.0), data)
+    assert algo.search.options.tournament == 2 and algo.fused.surrogate is not None
+    rec = algo.iteration()
+    assert rec["surrogate_runs"] == 4 and rec["original_runs"] == 1
+
+
+def test_resnet20_runs_algorithm_1_on_its_four_hyperparameters() -> None:
+    """ResNet20's one FC layer: (p_z, p_V, λ_z, λ_V) (Table 2), its surrogate (64, 6, 4, 1)."""
+    data = load_dataset("digits", train_size=60, seed=0)  # 8×8: the conv is derived
+    space = SearchSpace(active=("lam_z", "lam_v", "p_z", "p_v"))
+    cfg = tiny(model="resnet20", model_options={"blocks": 1}, search=space, popsize=2,
+               max_iter_epochs=1.0)  # fmt: skip
+    rec = SurrogateHPO(cfg, data).run()
+    assert len(rec) == 1 and all(c["p_x"] == c["lam_w"] == 0 for c in rec[0]["candidates"])
+    with pytest.raises(ConfigError) as err:  # the default box searches x and W too
+        SurrogateHPO(tiny(model="resnet20", model_options={"blocks": 1}), data)
+    assert "one FC layer" in str(err.value)
+
+
+def test_pretrained_state_dict_starts_every_original(data: DataSplits, tmp_path: Any) -> None:
+    """Algorithm 1 line 4: fine-tune a given network; weights only, matching tensors loaded."""
+    from raytune_periodic.surrogate.original import build_original, load_pretrained
+
+    donor = build_original(tiny(seed=11), data, None)[0]
+    state = {k: v for k, v in donor.state_dict().items() if not k.startswith("head.fc2")}
+    path = tmp_path / "face.pt"
+    torch.save(state, path)
+    cfg = SurrogateHPOConfig.from_dict({**vars(tiny()), "pretrained": str(path)})
+    model = build_original(cfg, data, None)[0]
+    plain = build_original(tiny(), data, None)[0]
+    assert torch.equal(model.head.fc1.weight, donor.head.fc1.weight)
+    assert torch.equal(model.head.fc2.weight, plain.head.fc2.weight)  # not in the file: seeded
+    algo = SurrogateHPO(cfg, data)
+    assert torch.equal(algo.fused.original.head.fc1.weight, donor.head.fc1.weight)
+    with pytest.raises(ConfigError) as err:
+        load_pretrained(plain, path, strict=True)
+    assert "missing" in str(err.value) and "\n" not in str(err.value)
+    torch.save({"model": donor}, tmp_path / "pickled.pt")  # a pickled module: refused
+    with pytest.raises(ConfigError) as err:
+        load_pretrained(plain, tmp_path / "pickled.pt")
+    assert err.value.field == "surrogate.pretrained" and "weights-only" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        SurrogateHPOConfig.from_dict({"pretrained": str(tmp_path / "missing.pt")})
+    assert err.value.field == "surrogate.pretrained"
+
+
+def test_x_before_activation_reaches_the_heads(data: DataSplits) -> None:
+    algo = SurrogateHPO(tiny(), data)
+    assert algo.fused.head_o.x_before_activation and algo.fused.head_s.x_before_activation
+    assert not SurrogateHPO(tiny(x_before_activation=False), data).fused.head_o.x_before_activation
+
+
 # ----------------------------------------------------------------------------- Ray
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[Any]:

@@ -60,6 +60,25 @@ def test_table2_tuples_are_one_step_convolutions_to_the_last_map() -> None:
     )
 
 
+def test_table2_surrogates_of_caffe_lenet_and_resnet20_on_28px_faces() -> None:
+    """The paper's own tuples fit the paper's networks at 28×28: LeNet (valid padding, z 800)
+    takes (50, 7, 7, 0), ResNet20 (one FC layer) takes (64, 6, 4, 1)."""
+    lenet = build_model("lenet", (1, 28, 28), 7, padding=0)
+    sur = build_surrogate(lenet, (1, 28, 28), conv=(50, 7, 7, 0))
+    assert build_surrogate(lenet, (1, 28, 28)).conv_spec == PAPER_TABLE2["lenet"]  # auto
+    assert sur.features(torch.zeros(2, 1, 28, 28)).shape == (2, 800)
+    resnet = build_model("resnet20", (1, 28, 28), 7)
+    pair = FusedNet(resnet, build_surrogate(resnet, (1, 28, 28), conv=(64, 6, 4, 1)))
+    assert pair.surrogate is not None and pair.surrogate.conv_spec == PAPER_TABLE2["resnet20"]
+    assert pair.head_o.one_fc and pair.surrogate.head.one_fc
+    pair.set_values({"lam_z": 1e-3, "p_v": 0.3})
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 7, (4,))
+    loss, logits = fused_loss(pair, x, y)
+    assert logits.shape == (4, 7) and torch.isfinite(loss)
+    assert set(euclidean_terms(pair.head_o, pair.surrogate.head)) == {"z", "v"}  # no x, no W
+    assert flops_ratio(resnet, pair.surrogate, (1, 28, 28)) > 50
+
+
 def test_surrogate_keeps_the_head_and_replaces_the_features() -> None:
     fused = lenet_pair()
     original, surrogate = fused.original, fused.surrogate

@@ -1,4 +1,5 @@
-"""Surrogate paper §2.3: DE/rand/1/bin (eq. 12) on Nevergrad, PSO (eq. 13) settings, LHS."""
+"""Surrogate paper §2.3: DE/rand/1/bin (eq. 12) on Nevergrad, PSO (eq. 13) settings, LHS; §3.4's
+GA (Table 5's EA-based comparator: tournament size 2)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.surrogate.de_rand1 import DERand1Bin, rand1_bin
+from raytune_periodic.surrogate.ga import TournamentGA, next_generation, tournament
 from raytune_periodic.surrogate.optimizers import OptimizerOptions, PopulationOptimizer
 from raytune_periodic.surrogate.sparseness import NAMES, HypParaSet, SearchSpace
 
@@ -108,8 +110,49 @@ def test_pso_parameters_reach_nevergrad_and_drive_the_velocity() -> None:
     assert np.allclose(ng_opt.ask().heritage["speed"], speed)
 
 
+# ----------------------------------------------------------------------------- §3.4's GA
+def test_tournament_of_two_keeps_the_better_of_two_random_draws() -> None:
+    losses = np.array([3.0, 0.0, 2.0, 1.0])
+    winners = tournament(losses, 1000, 2, np.random.default_rng(0))
+    ref = np.random.default_rng(0).integers(0, 4, (1000, 2))
+    assert np.array_equal(winners, np.where(losses[ref[:, 0]] <= losses[ref[:, 1]], *ref.T))
+    # the worst individual wins only against itself: P = 1/16
+    assert np.mean(winners == 0) == pytest.approx(1 / 16, abs=0.02)
+
+
+def test_ga_generation_crosses_averages_mutates_and_keeps_the_elite() -> None:
+    rng = np.random.default_rng(1)
+    pop, losses = rng.random((6, 4)), np.array([5.0, 4.0, 0.5, 3.0, 2.0, 1.0])
+    # p_cross 1, no mutation: each pair's children are α·a + (1−α)·b and α·b + (1−α)·a
+    kids = next_generation(pop, losses, np.random.default_rng(2), 2, 1.0, 0.0)
+    replay = np.random.default_rng(2)
+    winners = pop[tournament(losses, 6, 2, replay)]
+    assert np.array_equal(kids[0], pop[2])  # elitism: the best individual in slot 0
+    assert np.allclose(kids[1:3] + kids[4:6], winners[1:3] + winners[4:6])  # pair sums kept
+    assert not np.allclose(kids[1:3], winners[1:3])
+    mutated = next_generation(pop, losses, np.random.default_rng(3), 2, 0.0, 1.0, 0.2)
+    assert ((mutated >= 0) & (mutated <= 1)).all()  # clipped to the box
+    assert TournamentGA(SearchSpace(), 6).p_mutation is None  # pySOT's 1/dim
+
+
+def test_ga_population_search_improves_and_checkpoints() -> None:
+    space = SearchSpace()
+    opt = PopulationOptimizer(space, OptimizerOptions("ga", popsize=6), seed=0)
+    assert isinstance(opt.optimizer, TournamentGA) and opt.optimizer.size == 2
+    best = []
+    for _ in range(25):
+        scores = sphere(unit_matrix(space, opt.ask_population()))
+        opt.tell_population(scores)
+        best.append(max(scores))
+    assert best == sorted(best) and best[-1] > best[0]  # the elite is carried: never worse
+    twin = PopulationOptimizer(space, OptimizerOptions("ga", popsize=6), seed=9)
+    twin.load_state_dict(opt.state_dict())
+    assert twin.ask_population() == opt.ask_population()
+    assert opt.recommend() == twin.recommend()
+
+
 # ----------------------------------------------------------------------------- LHS
-@pytest.mark.parametrize("name", ["de", "pso"])
+@pytest.mark.parametrize("name", ["de", "pso", "ga"])
 def test_first_population_is_latin_hypercube(name: str) -> None:
     space = SearchSpace()
     for seed in range(3):
@@ -143,7 +186,10 @@ def test_optimizer_config_errors_are_one_line() -> None:
     for options, field in (
         (OptimizerOptions("de", popsize=3), "search.popsize"),
         (OptimizerOptions("pso", popsize=0), "search.popsize"),
-        (OptimizerOptions("ga"), "search.optimizer"),
+        (OptimizerOptions("cma"), "search.optimizer"),
+        (OptimizerOptions("ga", popsize=1), "search.popsize"),
+        (OptimizerOptions("ga", p_cross=1.5), "search.p_cross"),
+        (OptimizerOptions("ga", tournament=0), "search.tournament"),
         (OptimizerOptions("de", CR=1.5), "search.CR"),
     ):
         with pytest.raises(ConfigError) as err:

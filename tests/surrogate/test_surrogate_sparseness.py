@@ -32,8 +32,9 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def tiny_head(hyp: HypParaSet | None = None) -> SparseTwoFC:
-    """z (3) → fc1 (V: 2×3) → ReLU → x (2) → fc2 (W: 2×2), with hand-picked weights."""
+def tiny_head(hyp: HypParaSet | None = None, x_before_activation: bool = False) -> SparseTwoFC:
+    """z (3) → fc1 (V: 2×3) → ReLU → x (2) → fc2 (W: 2×2), with hand-picked weights (x recorded
+    after the ReLU unless ``x_before_activation``)."""
     fc1, fc2 = nn.Linear(3, 2), nn.Linear(2, 2)
     with torch.no_grad():
         fc1.weight.copy_(torch.tensor([[1.0, -1.0, 0.5], [0.0, 2.0, -1.0]]))
@@ -41,7 +42,7 @@ def tiny_head(hyp: HypParaSet | None = None) -> SparseTwoFC:
         fc2.weight.copy_(torch.tensor([[1.0, -2.0], [3.0, 0.0]]))
         fc2.bias.zero_()
     children = OrderedDict(fc1=fc1, relu=nn.ReLU(), fc2=fc2)
-    return SparseTwoFC(children, "fc1", "fc2", hyp)
+    return SparseTwoFC(children, "fc1", "fc2", hyp, x_before_activation=x_before_activation)
 
 
 # ----------------------------------------------------------------------------- HypParaSet
@@ -136,6 +137,36 @@ def test_l1_terms_follow_eqs_2_to_4() -> None:
     head(zg)
     head.penalty().backward()
     assert torch.equal(zg.grad, torch.sign(z) / 2)
+
+
+def test_x_is_vt_z_before_the_activation_as_table_1_defines_it() -> None:
+    """Table 1: x = Vᵀz, FC1's output before the ReLU (the default), so L_x sees its negative
+    entries; the outputs are the same either way (p_x dropout commutes with the ReLU)."""
+    z = torch.tensor([[1.0, -2.0, 0.0], [3.0, 0.0, -1.0]])
+    head, after = tiny_head(x_before_activation=True), tiny_head()
+    for h in (head, after):
+        h.eval()
+    assert torch.equal(head(z), after(z))
+    assert torch.allclose(head.x, torch.tensor([[3.0, -3.0], [2.5, 2.0]]))
+    head.set_values({"lam_x": 0.1})
+    assert float(head.penalty().detach()) == pytest.approx(0.1 * (3 + 3 + 2.5 + 2) / 2)
+    assert attach_sparseness(build_model("lenet", (1, 8, 8), 10)).x_before_activation
+
+
+def test_one_fc_head_has_only_z_and_v() -> None:
+    """ResNet20's head (one FC layer): the 4 hyperparameters (p_z, p_V, λ_z, λ_V) of Table 2."""
+    model = build_model("resnet20", (1, 28, 28), 7)
+    keys = list(model.state_dict())
+    head = attach_sparseness(model, {"lam_z": 0.1, "p_v": 0.3})
+    assert head.one_fc and head.layer_w is None and list(model.state_dict()) == keys
+    model.eval()
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 7)
+    assert head.x is None and head.features is head.z and head.z.shape == (3, 64)
+    expected = 0.1 * float(head.z.detach().abs().sum(1).mean())
+    assert float(head.penalty().detach()) == pytest.approx(expected)
+    with pytest.raises(ConfigError) as err:
+        head.set_values({"p_x": 0.5})
+    assert err.value.field == "hyp" and "one FC layer" in str(err.value)
 
 
 # ----------------------------------------------------------------------------- eq. 7
