@@ -2,8 +2,8 @@
 
 F1 curves are per method: the mean over its trials at each step of the trial timeline (the
 period index, for methods without PBT), with a ±1 std band where a method has 2+ trials.
-Hyperparameter values are drawn per trial (thin steps): a mean of periodic random schedules
-would be flat. A method keeps its colour across the figures.
+Hyperparameter values are drawn per trial (thin steps; at most ``MAX_SCHEDULES`` per method):
+a mean of periodic random schedules would be flat. A method keeps its colour across the figures.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from raytune_periodic._imports import require
 from raytune_periodic.report.compare import ExperimentData, MethodData, TrialData
 
 _STEP_LABEL = "period (trial timeline step)"
+MAX_SCHEDULES = 40  #: schedules drawn per method in values.png (evenly spaced over its trials)
 
 
 def write_plots(data: ExperimentData, out_dir: str | Path) -> list[Path]:
@@ -93,17 +94,27 @@ def _values(methods: Sequence[MethodData], colors: dict[str, str]) -> Any:
     if not names:
         _empty(axes[0], "no hyperparameter values logged")
         return fig
+    collections = require("matplotlib.collections")
+    np = require("numpy")
     for ax, name in zip(axes, names):
         for method in methods:
-            label: str | None = method.name
-            for trial in method.trials:
+            segments = []
+            shown = method.trials[:: max(1, math.ceil(len(method.trials) / MAX_SCHEDULES))]
+            for trial in shown:
                 points = sorted(trial.history.get(f"value/{name}", {}).items())
-                if not points:
-                    continue
-                steps, values = zip(*points)
-                style = {"color": colors[method.name], "alpha": 0.6, "lw": 1.0}
-                ax.plot(steps, values, drawstyle="steps-post", label=label, **style)
-                label = None
+                if points:  # steps-post: hold each value until the next step
+                    steps, values = np.array(points, dtype=float).T
+                    xs = np.append(np.repeat(steps, 2)[1:], steps[-1] + 1)
+                    segments.append(np.column_stack([xs, np.repeat(values, 2)]))
+            if segments:  # one collection per method: thousands of trials draw in a second
+                color = colors[method.name]
+                lines = collections.LineCollection(segments, colors=color, alpha=0.6, lw=1.0)
+                ax.add_collection(lines)
+                some = f" ({len(shown)} of {len(method.trials)} trials)" * (
+                    len(shown) < len(method.trials)
+                )
+                ax.plot([], [], color=color, label=method.name + some)
+        ax.autoscale_view()
         ax.set(xlabel=_STEP_LABEL, ylabel=name, title=f"value/{name}")
         ax.legend(fontsize="small")
     return fig

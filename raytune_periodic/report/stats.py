@@ -310,7 +310,8 @@ def signed(x: float, spec: str = ".3f") -> str:
 
 
 def _p_text(p: float) -> str:
-    return f"{p:.2g}" if p >= 0.001 else "<0.001"
+    """``p=0.41`` / ``p<0.001``."""
+    return f"p={p:.2g}" if p >= 0.001 else "p<0.001"
 
 
 def verdict(row: dict[str, Any]) -> str:
@@ -328,7 +329,7 @@ def verdict(row: dict[str, Any]) -> str:
         word = "significantly better" if row["diff"] > 0 else "significantly worse"
     else:
         word = "not significant"
-    test = f"p={_p_text(row['p_holm'])} Holm, n={n} seeds"
+    test = f"{_p_text(row['p_holm'])} Holm, n={n} seeds"
     return f"{head} {signed(row['diff'])} {ci}, {p_improve}, {word} ({test}); {_power(row)}"
 
 
