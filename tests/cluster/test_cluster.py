@@ -207,7 +207,7 @@ def test_two_node_cluster_job_with_worker_kill_and_node_loss(
     of its trials has a checkpoint (d). Every trial must finish, every period of every trial
     must be in MLflow exactly once, and trials must have run on both nodes."""
     from mlflow import MlflowClient
-    from test_mlflow_outage import MlflowServer, free_port
+    from mlflow_server import MlflowServer, free_port
 
     root = tmp_path / "mlflow"
     root.mkdir()
