@@ -11,7 +11,7 @@ then, in interleaved rounds:
 - *compare*: the whole ``compare_experiment`` (bulk load, paired statistics, ranks, and every
   plot written as PNG, ``--out``), end to end.
 
-Prints the medians and the naive / bulk ratio.
+Prints the medians and the naive / bulk ratio (rounds alternate their order).
 
     .venv/bin/python bench/compare_scale.py --trials 2000 --periods 100 --rounds 3
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -151,7 +152,8 @@ def main() -> None:
     compare_mod.load_experiment(uri, experiment)  # warm-up: the store's engine, the page cache
     times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(args.rounds):
-        for name, fn in runs.items():
+        order = list(runs.items())
+        for name, fn in order if r % 2 == 0 else order[::-1]:  # alternate the order
             times[name].append(_timed(fn))
             print(f"round {r + 1}: {name} {times[name][-1]:.1f} s", flush=True)
     med = {name: statistics.median(ts) for name, ts in times.items()}
@@ -160,6 +162,7 @@ def main() -> None:
         print(f"  {name:22s} {value:7.1f} s")
     if "naive load" in med:
         print(f"  naive / bulk load: {med['naive load'] / med['bulk load']:.1f}x")
+    print("load average (1, 5, 15 min): " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":
