@@ -46,6 +46,16 @@ CAPTIONS = {
     "values": "Regularization values per period, one line per trial.",
     "train_vs_val": "Train vs validation F1 per method (the overfitting gap).",
 }
+TRIAL_HEADER = (
+    "trial",
+    "method",
+    "seed",
+    "status",
+    "best val F1",
+    "test F1 at best",
+    "final test F1",
+    "MLflow run",
+)
 METHODS_TEXT = (
     "Per seed, each method's value is the test F1 of the trial its search selected (best "
     "validation F1), or the mean / IQM of its trials' final test F1. Δ is the mean over the "
@@ -127,11 +137,9 @@ def _trials(data: ExperimentData) -> str:
             cells = [escape(t.trial_id), escape(method.name), escape(seed_of(t)), escape(t.status)]
             cells += [_f(s.get(k)) for k in ("best_val_f1", "test_f1_at_best", "final_test_f1")]
             rows.append([*cells, run_link(data, t.run_id)])
-    header = ("trial", "method", "seed", "status", "best val F1", "test F1 at best",
-              "final test F1", "MLflow run")  # fmt: skip
     return (
         f"<details><summary>{len(rows)} trial runs</summary>\n"
-        + _table(header, rows, raw=True)
+        + _table(TRIAL_HEADER, rows, raw=True)
         + "</details>\n"
     )
 

@@ -11,12 +11,19 @@ from typing import TYPE_CHECKING, Any
 
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.protocol.mlflow_layout import STATUS_ERROR, STATUS_RUNNING, TAG_SEED
-from raytune_periodic.report.table import render_table
+from raytune_periodic.report.ranks import RankResult, rank_view
+from raytune_periodic.report.stats import (
+    HEADLINE,
+    METRICS,
+    paired_table,
+    resolve_baseline,
+    signed,
+)
+from raytune_periodic.report.table import method_table, render_table
 from raytune_periodic.tracking import is_finite
 
 if TYPE_CHECKING:
     from raytune_periodic.report.compare import ExperimentData
-    from raytune_periodic.report.ranks import RankResult
 
 FORMATS = ("md", "csv", "html", "json")
 #: per comparison key, the paired columns of the wide frame (``<key>_<column>``)
@@ -48,10 +55,6 @@ class Report:
 def build_report(data: ExperimentData, baseline: str | None = None) -> Report:
     """Every number of the report of ``data`` (paired with ``baseline``, default the first
     method with trials)."""
-    from raytune_periodic.report.ranks import RankResult, rank_view
-    from raytune_periodic.report.stats import HEADLINE, paired_table, resolve_baseline
-    from raytune_periodic.report.table import method_table
-
     table = method_table(data)
     base = resolve_baseline(data, baseline)
     paired, pairing_notes = paired_table(data, base.name)
@@ -65,27 +68,26 @@ def build_report(data: ExperimentData, baseline: str | None = None) -> Report:
         baseline=base.name,
         table=table,
         paired=paired,
-        frame=wide_frame(table, paired),
+        frame=wide_frame(table, paired, base.name),
         verdicts=verdicts,
         notes=[*data.messages, *data_notes(data), *pairing_notes, *rank_notes],
         ranks=ranks,
     )
 
 
-def wide_frame(table: Any, paired: Any) -> Any:
+def wide_frame(table: Any, paired: Any, baseline: str) -> Any:
     """The method table with, per comparison key, the paired columns ``<key>_<stat>``, the
-    baseline's name and the verdict lines (the baseline's own row has NaN there)."""
+    baseline's name and the verdict lines (NaN on the baseline's own row, and where nothing
+    could be paired: the columns are there whatever the data)."""
     frame = table.copy()
-    frame["baseline"] = paired["baseline"].iloc[0] if len(paired) else None
-    for key, rows in paired.groupby("metric", sort=False):
-        rows = rows.set_index("method")
+    frame["baseline"] = baseline
+    for key in METRICS:
+        rows = paired[paired["metric"] == key].set_index("method")
         for stat in WIDE_STATS:
-            frame[f"{key}_{stat}"] = frame["method"].map(rows[stat])
-    from raytune_periodic.report.stats import HEADLINE
-
+            frame[f"{key}_{stat}"] = frame["method"].map(rows[stat]) if len(rows) else math.nan
     head = paired[paired["metric"].isin(HEADLINE)]
     verdicts = head.groupby("method", sort=False)["verdict"].agg(" | ".join)
-    frame["verdict"] = frame["method"].map(verdicts)
+    frame["verdict"] = frame["method"].map(verdicts) if len(head) else None
     return frame
 
 
@@ -138,8 +140,6 @@ def render_markdown(report: Report) -> str:
 
 def paired_cells(row: dict[str, Any]) -> list[str]:
     """The paired table's cells of one row (shared with the HTML page)."""
-    from raytune_periodic.report.stats import signed
-
     ci = f"[{signed(row['ci_low'])}, {signed(row['ci_high'])}]" if row["n_seeds"] >= 2 else "–"
     seeds = row["seeds_80"]
     power = "∞" if seeds == math.inf else (f"{seeds:.0f}" if is_finite(seeds) else "–")

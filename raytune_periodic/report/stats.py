@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from raytune_periodic._imports import require
 from raytune_periodic.errors import ConfigError
-from raytune_periodic.report.table import by_seed, seed_sort_key, selected_by_seed
+from raytune_periodic.report.table import by_seed, iqm, seed_sort_key, selected_by_seed
 from raytune_periodic.tracking import is_finite
 
 if TYPE_CHECKING:
@@ -70,12 +70,10 @@ class PairedResult:
     seeds_80: float  #: seeds for 80 % power at the observed effect (inf: no effect seen)
 
 
-def _aggregate(name: str) -> Callable[..., Any]:
+def _aggregate(name: str) -> Callable[[Any], float]:
+    """A seed's trials → one value: ``mean``, or ``iqm`` (rliable's interquartile mean)."""
     np = require("numpy")
-    if name == "iqm":
-        stats = require("scipy.stats")
-        return lambda x, axis=-1: stats.trim_mean(x, 0.25, axis=axis)
-    return lambda x, axis=-1: np.mean(x, axis=axis)
+    return iqm if name == "iqm" else (lambda x: float(np.mean(x)))
 
 
 def paired_stats(
