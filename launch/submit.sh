@@ -4,7 +4,8 @@ set -euo pipefail
 usage() {
     cat <<'USAGE'
 usage: launch/submit.sh CONFIG [--address URL] [--mlflow-uri URI] [--storage-path PATH]
-                        [--env KEY=VALUE]... [--resume] [--no-wait] [-- EXTRA_RUN_ARGS...]
+                        [--env KEY=VALUE]... [--py-module PATH]... [--resume] [--no-wait]
+                        [-- EXTRA_RUN_ARGS...]
 
 Run `raytune-periodic run CONFIG` as a Ray job (the driver runs on the head). The working
 directory is shipped as the job's runtime_env working_dir; the MLflow URI and the Tune storage
@@ -18,6 +19,10 @@ driver connects to the cluster through the RAY_ADDRESS that Ray sets for every j
   --storage-path PATH  Tune storage shared by all nodes (s3://..., gs://..., or an NFS path)
   --env KEY=VALUE      an extra environment variable for the driver and every trial worker
                        (the runtime_env's env_vars; repeatable), e.g. CUDA_VISIBLE_DEVICES
+  --py-module PATH     your own package folder (with __init__.py) of models, datasets,
+                       regularizers, controllers, rewards or methods named by import path in
+                       CONFIG: shipped to the driver and every trial worker (the runtime_env's
+                       py_modules; repeatable). Installed packages need nothing.
   --resume             finish the last invocation (Tuner.restore)
   --no-wait            return after submission (follow with `ray job logs -f ID`)
   -h, --help           show this help
@@ -37,6 +42,7 @@ config=""
 wait_flag=()
 run_args=()
 env_vars=()
+py_modules=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
@@ -46,6 +52,12 @@ while [[ $# -gt 0 ]]; do
         --env)
             if [[ "${2:-}" != *=* ]]; then echo "--env needs KEY=VALUE, got: ${2:-}" >&2; exit 2; fi
             env_vars+=("$2"); shift 2 ;;
+        --py-module)
+            if [[ ! -d "${2:-}" ]]; then
+                echo "--py-module needs a package folder (Ray's job API ships folders), got: ${2:-}" >&2
+                exit 2
+            fi
+            py_modules+=("$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"); shift 2 ;;
         --resume) run_args+=("--resume"); shift ;;
         --no-wait) wait_flag=("--no-wait"); shift ;;
         --) shift; run_args+=("$@"); break ;;
@@ -58,14 +70,19 @@ if [[ -z "$storage" ]]; then
     echo "--storage-path is required (shared storage: s3://, gs:// or NFS)" >&2
     exit 2
 fi
-env_json="$("${PYTHON:-python}" - "$root" "$mlflow_uri" "$storage" "${env_vars[@]}" <<'PY'
-import json, sys
+env_json="$(RP_PY_MODULES="$(printf '%s\n' "${py_modules[@]}")" \
+    "${PYTHON:-python}" - "$root" "$mlflow_uri" "$storage" "${env_vars[@]}" <<'PY'
+import json, os, sys
 root, uri, storage, *extra = sys.argv[1:]
 env = {"MLFLOW_TRACKING_URI": uri, "RP_STORAGE_PATH": storage}
 env.update(kv.split("=", 1) for kv in extra)
-print(json.dumps({"working_dir": root, "env_vars": env,
-                  "excludes": [".git", ".venv", "runs", "mlartifacts", "mlflow.db",
-                               "mlflow-server", "mlruns"]}))
+spec = {"working_dir": root, "env_vars": env,
+        "excludes": [".git", ".venv", "runs", "mlartifacts", "mlflow.db", "mlflow-server",
+                     "mlruns"]}
+modules = [m for m in os.environ["RP_PY_MODULES"].splitlines() if m]
+if modules:
+    spec["py_modules"] = modules
+print(json.dumps(spec))
 PY
 )"
 exec ray job submit --address "$address" "${wait_flag[@]}" --runtime-env-json "$env_json" -- \

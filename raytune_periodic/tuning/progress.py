@@ -36,8 +36,10 @@ class CompactProgress(ProgressReporter):
         periods_per_trial: int,
         iteration_periods: int,
         interval: float = 15.0,
-        out: Callable[[str], Any] = print,
+        out: Callable[[str], Any] | None = None,
     ) -> None:
+        """``out``: where lines go (default ``print``, looked up at call time: Tune pickles the
+        reporter with the experiment state, and a Ray job's driver replaces ``print``)."""
         self.label = label
         self.periods_per_trial = periods_per_trial
         self.iteration_periods = iteration_periods
@@ -82,7 +84,7 @@ class CompactProgress(ProgressReporter):
 
     def report(self, trials: list[Any], done: bool, *sys_info: str) -> None:
         self.last = time.monotonic()
-        self.out(self.line(trials, self.last))
+        (self.out or print)(self.line(trials, self.last))
 
 
 def _iterations(trial: Any) -> int:

@@ -99,6 +99,17 @@ def test_launch_scripts_shellcheck_clean() -> None:
 # ----------------------------------------------------------------------------- 2-node cluster
 PERIODS = 10
 FAULT_PERIOD = 5
+PLUGIN = """
+from raytune_periodic.controllers import Controller
+
+
+class Stepped(Controller):
+    def controlled(self):
+        return ["dropout"]
+
+    def decide(self, state):
+        return {"dropout": 0.1 * (state.period % 3)}
+"""
 CONFIG: dict[str, Any] = {
     "name": "clustertest",
     "seeds": [0],
@@ -110,7 +121,8 @@ CONFIG: dict[str, Any] = {
         "train": {"period_length": 200, "batch_size": 64, "val_batches": 1},
     },
     "methods": {
-        "BL": {"controller": {"type": "constant", "values": {"dropout": 0.0}}},
+        # a user's controller from a module outside the repo, shipped with --py-module
+        "USER": {"controller": {"type": "clusterplug:Stepped"}},
         "PD": {"controller": {"type": "periodic_random", "ranges": {"dropout": [0, 0.7]}}},
     },
     # a fresh actor per trial: Ray places each trial's 1-CPU bundle, so the two trials of a
@@ -219,13 +231,16 @@ def test_two_node_cluster_job_with_worker_kill_and_node_loss(
     try:
         cfg_path = tmp_path / "clustertest.yaml"
         cfg_path.write_text(yaml.safe_dump(CONFIG))
+        plugin = tmp_path / "userland" / "clusterplug"  # a package of the user's own
+        plugin.mkdir(parents=True)
+        (plugin / "__init__.py").write_text(PLUGIN)
         storage = tmp_path / "ray"
         log_path = tmp_path / "job.log"
         with log_path.open("w") as log:
             job = subprocess.Popen(
                 [str(LAUNCH / "submit.sh"), str(cfg_path), "--address", local_cluster["dashboard"],
                  "--mlflow-uri", server.url, "--storage-path", str(storage),
-                 "--env", f"{FAULT_ENV}={FAULT_PERIOD}:{marker}"],
+                 "--env", f"{FAULT_ENV}={FAULT_PERIOD}:{marker}", "--py-module", str(plugin)],
                 env=local_cluster["env"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
             )  # fmt: skip
             deadline = time.monotonic() + 300
@@ -262,11 +277,15 @@ def test_two_node_cluster_job_with_worker_kill_and_node_loss(
         assert kinds.count("invocation") == 1 and kinds.count("method") == 2, kinds
         trials = [r for r in runs if r.data.tags.get("rp.kind") == "trial"]
         by_method = sorted(r.data.tags["rp.method"] for r in trials)
-        assert by_method == ["BL"] * 2 + ["PD"] * 2
+        assert by_method == ["PD"] * 2 + ["USER"] * 2
         for r in trials:
             assert r.data.tags["rp.status"] == "ok"
             steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_f1")]
             assert steps == list(range(PERIODS)), (r.data.tags["rp.trial_id"], steps)
+            if r.data.tags["rp.method"] == "USER":  # the plugin set the values on every node
+                hist = client.get_metric_history(r.info.run_id, "value/dropout")
+                values = [round(m.value, 6) for m in sorted(hist, key=lambda m: m.step)]
+                assert values == [round(0.1 * (p % 3), 6) for p in range(PERIODS)]
     finally:
         server.stop()
 
