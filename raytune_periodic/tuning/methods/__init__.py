@@ -17,6 +17,8 @@ pbt               ``PopulationBasedTraining``: a population of ``trials`` per se
                   are mutated every ``perturbation_interval`` iterations, weights exploited
 pb2               ``PB2`` (GP-bandit explore, scikit-learn), same shape as pbt
 surrogate_de/pso  the surrogate paper's Algorithm 1 (DE/rand/1/bin or PSO on the surrogate)
+surrogate_ga      Table 5's EA-based row: Algorithm 1 with a GA (tournament 2) on the surrogate
+rbf_surrogate     Table 5's RBF-based row: HORD's RBF surrogate over full trainings
 ea_original       EA on the original network (not from the paper)
 sparseness_grid   the original with fixed sparseness values, one trial per point
 ================  =======================================================================
@@ -42,6 +44,8 @@ for _name, _path in {
     "pb2": "pbt:PB2Method",
     "surrogate_de": "surrogate:SurrogateDE",
     "surrogate_pso": "surrogate:SurrogatePSO",
+    "surrogate_ga": "surrogate:SurrogateGA",
+    "rbf_surrogate": "surrogate:RBFSurrogate",
     "ea_original": "surrogate:EAOriginal",
     "sparseness_grid": "surrogate:SparsenessGrid",
 }.items():
@@ -66,17 +70,6 @@ def method_class(name: str, entry: Mapping[str, Any]) -> type[SearchMethod]:
     return cls
 
 
-def check_method(
-    name: str,
-    entry: Mapping[str, Any],
-    trials: int,
-    periods: int,
-    bounds: Mapping[str, tuple[float, float]] | None,
-) -> None:
-    """Validate one method entry (no Ray import)."""
-    method_class(name, entry).check(name, entry, trials, periods, bounds)
-
-
 def build_method(name: str, entry: Mapping[str, Any], trials: int) -> SearchMethod:
     return method_class(name, entry)(name, entry, trials)
 
@@ -85,7 +78,6 @@ __all__ = [
     "METHODS",
     "SearchMethod",
     "build_method",
-    "check_method",
     "method_class",
     "method_search",
     "space_entry",

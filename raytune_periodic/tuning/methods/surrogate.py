@@ -1,9 +1,12 @@
 """The surrogate paper's methods as Tune searches, side by side with the others in ``compare``.
 
 ``surrogate_de`` / ``surrogate_pso`` (Algorithm 1, DE/rand/1/bin or PSO on the surrogate),
-``ea_original`` ("EA without surrogate": candidates train copies of the original) and
-``sparseness_grid`` (the original with fixed values, one trial per point: §3.4's tied grid, or
-``points``: mappings, ``none`` = the baseline, ``paper`` = every λ 1e-5 and every p 0.5).
+``surrogate_ga`` (Table 5's "EA-based" row: Algorithm 1 with a GA, tournament size 2, on the
+surrogate, at Algorithm 1's cost), ``rbf_surrogate`` (Table 5's "RBF-based" row: HORD's RBF
+surrogate over ``max_time`` full trainings of the original), ``sparseness_grid`` (the original
+with fixed values, one trial per point: §3.4's tied grid, or ``points``: mappings, ``none`` = the
+baseline, ``paper`` = every λ 1e-5 and every p 0.5) and ``ea_original`` (*not from the paper*: an
+EA whose candidates train copies of the original, cost (2 + N)·T_ori per iteration).
 
 Entries take SurrogateHPOConfig's keys (popsize, ni_epochs, solver, F/CR, omega/phip/phig, its
 ``search`` box as ``space``, cpus_per_candidate: ``auto`` = what the cluster has left, ...). Model
@@ -34,14 +37,20 @@ from raytune_periodic.errors import ConfigError
 from raytune_periodic.models import build_model
 from raytune_periodic.surrogate.baselines import tied_grid
 from raytune_periodic.surrogate.config import SurrogateHPOConfig
+from raytune_periodic.surrogate.fc_head import attach_sparseness, check_one_fc
 from raytune_periodic.surrogate.networks import build_surrogate
-from raytune_periodic.surrogate.sparseness import HypParaSet, attach_sparseness
+from raytune_periodic.surrogate.sparseness import NAMES, ONE_FC_NAMES, HypParaSet
+from raytune_periodic.surrogate.training import derive_seed
 from raytune_periodic.tuning.methods._base import SearchMethod
+from raytune_periodic.validation import integer
 
 TRAIN_KEYS = {"ni_epochs", "max_iter_epochs", "solver", "kappa", "inverted_dropout", "device"}
+TRAIN_KEYS |= {"x_before_activation", "pretrained", "pretrained_strict"}
 ALGO_KEYS = TRAIN_KEYS | {"popsize", "space", "initial", "eta", "conv", "executor", "replicates"}
 ALGO_KEYS |= {"cpus_per_candidate", "gpus_per_candidate", "description"}
 GRID_KEYS = {"points", "n_p", "n_lambda", "p_range", "log10_lambda_range", "names", "fixed"}
+RBF_KEYS = {"max_time", "n_init", "max_concurrent"}
+GA_KEYS = {"tournament", "p_cross", "p_mutation", "sigma"}
 SMOKE_SOLVER = {"batch_size": 16, "eval_batch_size": 64}
 NAMED_POINTS = {"none": HypParaSet(), "paper": HypParaSet.paper_default()}
 
@@ -53,7 +62,7 @@ def _number(value: Any, low: float = 0.0) -> bool:
 def hpo_config(name: str, options: Mapping[str, Any], periods: int) -> SurrogateHPOConfig:
     """The Algorithm 1 / fixed-run config of entry ``name``: MaxIter = periods × NI epochs."""
     fld = f"methods.{name}"
-    skip = {"description", "replicates", "search", "base", *GRID_KEYS}  # "auto": the default
+    skip = {"description", "replicates", "search", "base", *GRID_KEYS, *RBF_KEYS}  # "auto": default
     data = {k: v for k, v in options.items() if k not in skip and v != "auto"}
     ni = data.setdefault("ni_epochs", 1.0)
     if not _number(ni):
@@ -133,27 +142,48 @@ class _SurrogateFamily(SearchMethod):
         opts = {"name": m} if isinstance(m := base.get("model", "mlp"), str) else dict(m)
         try:
             net = build_model(opts.pop("name"), tuple(input_shape), 2, **opts)
-            attach_sparseness(net, field="model.name")
+            one_fc = attach_sparseness(net, field="model.name").one_fc
             if cls.options_of(entry).get("evaluate_on") == "surrogate":
                 build_surrogate(net, input_shape, entry.get("conv", "auto"), field="surrogate")
         except ConfigError as exc:  # surrogate.model: no feature extractor to replace
             fld = exc.field.replace("surrogate.model", "model.name").replace("surrogate.", "")
             raise ConfigError(f"methods.{name}.conv" if fld == "conv" else f"base.{fld}",
                               exc.message) from None  # fmt: skip
+        if one_fc:
+            cls.check_one_fc(name, entry)
+
+    @classmethod
+    def check_one_fc(cls, name: str, entry: Mapping[str, Any]) -> None:
+        """A one-FC head (ResNet20) has only λ_z, λ_V, p_z, p_V: the searched names and every
+        fixed value must stay within them."""
+        fld = f"methods.{name}"
+        space = entry.get("space") if isinstance(entry.get("space"), Mapping) else {}
+        extra = sorted(set(space.get("active", NAMES)) - set(ONE_FC_NAMES))
+        if extra:
+            msg = f"{extra} not in a one-FC head: give active: {list(ONE_FC_NAMES)}"
+            raise ConfigError(f"{fld}.space.active", msg)
+        for key, values in (("space.fixed", space.get("fixed")), ("initial", entry.get("initial"))):
+            if values is not None:
+                check_one_fc(HypParaSet.from_dict(values, f"{fld}.{key}"), f"{fld}.{key}")
 
     @classmethod
     def smoke_entry(cls, entry: dict[str, Any], trials: int) -> None:
-        """One NI epoch per iteration, tiny populations run serially, small solver batches."""
+        """One NI epoch per iteration, tiny populations run serially, small solver batches; no
+        pretrained file (smoke data has none)."""
         entry["ni_epochs"] = 1.0
         entry.pop("max_iter_epochs", None)  # derived again: budget.periods × ni_epochs
-        if cls.kind == "fixed":
+        entry.pop("pretrained", None)
+        entry.pop("pretrained_strict", None)
+        if "max_time" in entry or cls.search == "rbf_surrogate":
+            entry.update(max_time=2, n_init=1, max_concurrent=1)
+        elif cls.kind == "fixed":
             if isinstance(entry.get("points"), list):
                 entry["points"] = entry["points"][:1]
             else:
                 entry["n_p"], entry["n_lambda"] = 1, 1
         else:
-            is_pso = cls.optimizer == "pso" or entry.get("optimizer") == "pso"
-            entry["popsize"] = min(int(entry.get("popsize", 6)), 2 if is_pso else 4)
+            small = cls.optimizer in ("pso", "ga") or entry.get("optimizer") in ("pso", "ga")
+            entry["popsize"] = min(int(entry.get("popsize", 6)), 2 if small else 4)
             entry.update(executor="serial", replicates=1)
             entry.pop("cpus_per_candidate", None)
             entry.pop("gpus_per_candidate", None)
@@ -209,11 +239,19 @@ class SurrogatePSO(_SurrogateFamily):
     search, keys, optimizer = "surrogate_pso", ALGO_KEYS | {"omega", "phip", "phig"}, "pso"
 
 
+class SurrogateGA(_SurrogateFamily):
+    """Table 5's "EA-based" row: Algorithm 1 with a GA (tournament 2) on the surrogate."""
+
+    search, keys, optimizer = "surrogate_ga", ALGO_KEYS | GA_KEYS, "ga"
+
+
 class EAOriginal(_SurrogateFamily):
-    """EA without surrogate: candidates train copies of the original (DE unless ``optimizer``)."""
+    """Not from the paper: an EA whose candidates train copies of the original (DE unless
+    ``optimizer``), cost (2 + N)·T_ori per iteration. Table 5's EA is ``surrogate_ga``."""
 
     search, evaluate_on = "ea_original", "original"
-    keys = (ALGO_KEYS | {"optimizer", "F", "CR", "omega", "phip", "phig"}) - {"eta", "conv"}
+    keys = (ALGO_KEYS | GA_KEYS | {"optimizer", "F", "CR", "omega", "phip", "phig"}) - {"eta"}
+    keys -= {"conv"}
 
 
 class SparsenessGrid(_SurrogateFamily):
@@ -222,10 +260,53 @@ class SparsenessGrid(_SurrogateFamily):
     search, keys, kind = "sparseness_grid", TRAIN_KEYS | GRID_KEYS | {"description"}, "fixed"
     per_seed = False  # seeds × points in one Tuner: single-point grids run seeds in parallel
 
+    @classmethod
+    def check_one_fc(cls, name: str, entry: Mapping[str, Any]) -> None:
+        """Every point (``points``, or the tied grid of ``names``) within λ_z, λ_V, p_z, p_V."""
+        fld = f"methods.{name}.{'points' if 'points' in entry else 'names'}"
+        for point in grid_points(name, entry):
+            check_one_fc(point, fld)
+
     def values_space(self, seed: int) -> dict[str, Any]:
         from ray import tune
 
         return dict(tune.grid_search([p.to_dict() for p in grid_points(self.name, self.entry)]))
+
+
+class RBFSurrogate(_SurrogateFamily):
+    """Table 5's "RBF-based" row (ref. 13, HORD): ``max_time`` (40) trainings of the original
+    with fixed values, each proposed by a cubic RBF fitted to the validation scores so far
+    (``surrogate/rbf.py``, through a Tune searcher); ``compare`` selects the best trial by
+    validation. Cost: MaxTime·T_ori. The paper trains its 40 evaluations for 4e4 iterations and
+    retrains the winner for 6e4; here every evaluation trains the full budget."""
+
+    search, kind = "rbf_surrogate", "fixed"
+    keys = TRAIN_KEYS | RBF_KEYS | {"space", "description"}
+    per_seed = True  # one RBF model per seed
+
+    @classmethod
+    def check(cls, name, entry, trials, periods, bounds) -> None:  # type: ignore[override]
+        super(_SurrogateFamily, cls).check(name, entry, trials, periods, bounds)  # no grid
+        hpo_config(name, cls.options_of(entry), periods)
+        for key in sorted(RBF_KEYS & set(entry)):
+            integer(entry[key], f"methods.{name}.{key}", 1)
+
+    def trials_per_seed(self) -> int:
+        return int(self.entry.get("max_time", 40))
+
+    def space(self) -> Any:
+        data = {"search": dict(self.entry.get("space") or {})}
+        return SurrogateHPOConfig.from_dict(data, field=f"methods.{self.name}").search
+
+    def tune_config(self, seed: int) -> dict[str, Any]:
+        from ray.tune.search import ConcurrencyLimiter
+
+        from raytune_periodic.tuning.rbf_searcher import RBFSearcher
+
+        budget, e = self.trials_per_seed(), self.entry
+        searcher = RBFSearcher(self.space(), budget, derive_seed(seed, "rbf"), e.get("n_init"))
+        limited = ConcurrencyLimiter(searcher, max_concurrent=int(e.get("max_concurrent", 1)))
+        return {"num_samples": budget, "search_alg": limited}
 
 
 def _trainable_class() -> type:
