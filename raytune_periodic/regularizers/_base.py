@@ -48,5 +48,10 @@ class PeriodicRegularizer(nn.Module):
     def set_value(self, value: float) -> None:
         self.value = self.check(value, f"{self.kind}.{self.value_name}")
 
+    def eval_state(self) -> float | None:
+        """What this module does to an evaluation, for kinds whose noise can act in eval mode
+        (1.0 = it acts now, 0.0 = it does not); None for kinds that are off in eval mode."""
+        return None
+
     def extra_repr(self) -> str:
         return f"{self.value_name}={self.value:g}"

@@ -8,7 +8,9 @@ do not change); the engine finds them in the ``RegularizerSet`` and calls, in th
 - ``transform(x)`` on every training batch (never on validation/test batches);
 - ``penalty(model)`` as a loss term (training passes only: zero in eval mode);
 - ``after_step(model)`` after every optimizer step (constraints such as max-norm);
-- ``period_end(model)`` after the period's training passes, before its validation batches.
+- ``period_end(model)`` after the period's training passes, before its validation batches;
+- ``eval_start(model)`` / ``eval_end(model)`` around an epoch-end evaluation (which can fall
+  mid-period): ``eval_end`` must leave the model exactly as ``eval_start`` found it.
 
 Every hook is a no-op by default. Like every ``PeriodicRegularizer``, the strength is ``value``,
 read at call time, so controllers can set it per period.
@@ -50,6 +52,12 @@ class ModelRegularizer(PeriodicRegularizer):
     def period_end(self, model: nn.Module) -> None:  # noqa: B027
         """Called after each period's training passes."""
 
+    def eval_start(self, model: nn.Module) -> None:  # noqa: B027
+        """Called before an epoch-end evaluation."""
+
+    def eval_end(self, model: nn.Module) -> None:  # noqa: B027
+        """Called after it; restores what ``eval_start`` changed."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
@@ -63,6 +71,9 @@ class WeightEWA(ModelRegularizer):
     plain PFR). Only parameters are averaged (BatchNorm running statistics and the optimizer state
     are left as they are). Nothing outlives a period, so checkpoints at period boundaries need
     no extra state.
+    An epoch-end evaluation inside a period sees the weights the period's end would leave,
+    ``α·W + (1−α)·W_pre`` (``eval_start``), and training resumes from the exact ``W``
+    (``eval_end``).
     """
 
     kind = "ewa"
@@ -73,6 +84,7 @@ class WeightEWA(ModelRegularizer):
     def __init__(self, value: float = 0.9) -> None:
         super().__init__(value)
         self._pre: list[torch.Tensor] | None = None
+        self._trained: list[torch.Tensor] | None = None
 
     def period_start(self, model: nn.Module) -> None:
         if self.value >= 1.0:
@@ -88,3 +100,19 @@ class WeightEWA(ModelRegularizer):
         for param, before in zip(model.parameters(), pre, strict=True):
             # α·W_post + (1−α)·W_pre  ==  W_post + (1−α)·(W_pre − W_post)
             param.lerp_(before, 1.0 - self.value)
+
+    @torch.no_grad()
+    def eval_start(self, model: nn.Module) -> None:
+        if self._pre is None or self.value >= 1.0:
+            return
+        self._trained = [p.detach().clone() for p in model.parameters()]
+        for param, before in zip(model.parameters(), self._pre, strict=True):
+            param.lerp_(before, 1.0 - self.value)
+
+    @torch.no_grad()
+    def eval_end(self, model: nn.Module) -> None:
+        trained, self._trained = self._trained, None
+        if trained is None:
+            return
+        for param, saved in zip(model.parameters(), trained, strict=True):
+            param.copy_(saved)

@@ -142,6 +142,15 @@ class RegularizerSet:
     def values(self) -> dict[str, float]:
         return {k: float(v[0].value) for k, v in self.groups.items()}
 
+    def eval_states(self) -> dict[str, float]:
+        """Per group whose kind acts in evaluation, the mean ``eval_state()`` of its modules."""
+        out = {}
+        for name, mods in self.groups.items():
+            states = [s for s in (m.eval_state() for m in mods) if s is not None]
+            if states:
+                out[name] = sum(states) / len(states)
+        return out
+
     def __iter__(self) -> Iterator[PeriodicRegularizer]:
         for mods in self.groups.values():
             yield from mods

@@ -2,8 +2,11 @@
 
 While the flag is on, the feature after BN is multiplied by -1 (``feature *= -1``). The flag is a
 value in {0, 1} set per period by a controller (``toggle``: Bernoulli(p) as in PFR, or every k
-periods as in Algorithm 1). By default the flip acts only in train mode: evaluation sees the
-un-flipped network (``apply_in_eval=True`` keeps the flag's effect in eval too).
+periods as in Algorithm 1). The flag in force acts in evaluation too (``apply_in_eval``, default
+true): an epoch-end evaluation that falls while the flag is on sees the flipped network, the
+convention every arm follows (AutoReLU with a negative ``w`` likewise; see ``training/engine.py``),
+as the noise-injection paper's validation F1 drops while noise is injected (§4.3, Fig. 4).
+``apply_in_eval: false`` evaluates the un-flipped network instead.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ class SignFlip(PeriodicRegularizer):
     high = 1.0
     value_name = "flag"
 
-    def __init__(self, value: float = 0.0, apply_in_eval: bool = False) -> None:
+    def __init__(self, value: float = 0.0, apply_in_eval: bool = True) -> None:
         super().__init__(value)
         self.apply_in_eval = boolean(apply_in_eval, f"{self.kind}.options.apply_in_eval")
 
@@ -36,6 +39,10 @@ class SignFlip(PeriodicRegularizer):
         if self.value and (self.training or self.apply_in_eval):
             return -x
         return x
+
+    def eval_state(self) -> float:
+        """1.0 when an evaluation now sees the flipped feature."""
+        return float(bool(self.value) and self.apply_in_eval)
 
 
 def algorithm1_flags(steps: int, interval: int) -> list[bool]:

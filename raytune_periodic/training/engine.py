@@ -8,6 +8,16 @@ augmentation) are called as hooks around those passes (see ``regularizers/model_
 epoch ends, the full validation and test sets are evaluated (independent of the
 controller). ``state_dict``/``load_state_dict`` capture everything (model, optimizer, controller,
 data order, RNG states, period index): a run restored at period k continues bit-for-bit on CPU.
+
+**Evaluation convention** (one for every arm): an evaluation sees the network as it is being
+trained at that moment. An epoch end can fall mid-period; the noise in force then acts in
+evaluation too — a sign flip whose flag is on (``sign_flip``'s ``apply_in_eval``, default true)
+and AutoReLU with a negative ``w`` (its ``apply_in_eval``) — as the noise-injection paper's
+validation F1, which "dropped drastically" while noise was injected (§4.3, Fig. 4). PFREWA is
+evaluated on the averaged weights ``α·W + (1−α)·W_pre`` (``WeightEWA.eval_start``), as a period
+end would leave them. Each epoch-end evaluation logs, per regularizer group that has one, its
+state as evaluated (``eval_state/<group>``: 1 = the flip acted) and, with weight penalties,
+``full_val_penalty`` (Keras' ``val_loss`` = ``full_val_loss`` + it).
 """
 
 from __future__ import annotations
@@ -159,7 +169,7 @@ class PeriodEngine:
         in_force = self.regularizers.values()
         for hook in self.hooks:
             hook.period_start(self.model)
-        train_loss, conf, epoch_eval = self._train_passes(opts.period_length)
+        train_loss, conf, epoch_eval, eval_extra = self._train_passes(opts.period_length)
         for hook in self.hooks:
             hook.period_end(self.model)
         if not math.isfinite(train_loss):
@@ -178,6 +188,7 @@ class PeriodEngine:
             status=self.status,
             **epoch_eval,
         )
+        record.extra.update(eval_extra)
         if self.status == STATUS_OK:
             self.controller.observe(record)
         self.period += 1
@@ -185,13 +196,16 @@ class PeriodEngine:
         record.seconds = time.perf_counter() - start
         return record
 
-    def _train_passes(self, n: int) -> tuple[float, torch.Tensor, dict[str, float]]:
+    def _train_passes(
+        self, n: int
+    ) -> tuple[float, torch.Tensor, dict[str, float], dict[str, float]]:
         """``n`` training passes: mean loss, the confusion counts, and the epoch-end evaluation
-        when an epoch ended inside them (empty otherwise)."""
+        (record fields, extras) when an epoch ended inside them (empty otherwise)."""
         c = self.num_classes
         conf = torch.zeros(c * c, dtype=torch.long, device=self.device)
         loss_sum = torch.zeros((), device=self.device)
         epoch_eval: dict[str, float] = {}
+        eval_extra: dict[str, float] = {}
         self.model.train()
         for _ in range(n):
             x, y = self.train_batches.next()
@@ -208,9 +222,9 @@ class PeriodEngine:
             confusion_update(conf, y, logits.detach().argmax(1))
             self.passes += 1
             if self.train_batches.epoch_ended and self._evaluate_now():
-                epoch_eval = self._epoch_evaluation()
+                epoch_eval, eval_extra = self._epoch_evaluation()
                 self.model.train()
-        return float(loss_sum) / n, conf, epoch_eval
+        return float(loss_sum) / n, conf, epoch_eval, eval_extra
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -264,15 +278,23 @@ class PeriodEngine:
         every = self.options.eval_every_epochs
         return every > 0 and self.train_batches.epoch % every == 0
 
-    def _epoch_evaluation(self) -> dict[str, float]:
-        val_loss, val_f1 = self.evaluate("val")
-        test_loss, test_f1 = self.evaluate("test")
-        return {
-            "full_val_loss": val_loss,
-            "full_val_f1": val_f1,
-            "test_loss": test_loss,
-            "test_f1": test_f1,
-        }
+    def _epoch_evaluation(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Full validation and test under the evaluation convention (module doc): the record's
+        fields, and the extras ``eval_state/<group>`` and ``full_val_penalty``."""
+        for hook in self.hooks:
+            hook.eval_start(self.model)
+        try:
+            val_loss, val_f1 = self.evaluate("val")
+            test_loss, test_f1 = self.evaluate("test")
+            extra = {f"eval_state/{k}": v for k, v in self.regularizers.eval_states().items()}
+            terms = [h.penalty(self.model) for h in self.hooks if h.has_penalty]
+            if terms:  # the model is in train mode again: penalties are live
+                extra["full_val_penalty"] = float(torch.stack(terms).sum().detach())
+        finally:
+            for hook in reversed(self.hooks):
+                hook.eval_end(self.model)
+        fields = {"full_val_loss": val_loss, "full_val_f1": val_f1}
+        return fields | {"test_loss": test_loss, "test_f1": test_f1}, extra
 
     # ----------------------------------------------------------------- whole runs
     def run(

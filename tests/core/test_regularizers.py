@@ -58,8 +58,10 @@ def test_sign_flip_flips_exactly_while_flag_is_on() -> None:
     assert torch.equal(flip(x), x)
     flip.set_value(1)
     assert torch.equal(flip(x), -x)
-    assert torch.equal(flip.eval()(x), x)  # evaluation sees the un-flipped network
-    assert torch.equal(SignFlip(1.0, apply_in_eval=True).eval()(x), -x)
+    assert torch.equal(flip.eval()(x), -x)  # evaluation sees the network as trained now
+    assert flip.eval_state() == 1.0
+    assert torch.equal(SignFlip(1.0, apply_in_eval=False).eval()(x), x)
+    assert SignFlip(1.0, apply_in_eval=False).eval_state() == 0.0
 
 
 def test_algorithm1_transcription() -> None:

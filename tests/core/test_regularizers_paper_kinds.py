@@ -136,6 +136,47 @@ def test_auto_relu_w_moves_only_by_weight_decay_and_crosses_zero() -> None:
     assert signs[0] is False and any(signs)  # decays to 0 and flips to negative
 
 
+def test_auto_relu_resets_after_a_flip_so_the_sign_holds_and_the_cycle_repeats() -> None:
+    """Steps 1–3: w decays to 0 and flips; restarted at ±init the sign holds for a stretch and
+    flips back ("and vice versa"). Adam moves a w with only weight decay by about lr per step
+    toward 0; here that drift is applied by hand (0.01 per step), so the test is exact."""
+    x = torch.randn(4, 3)
+
+    def sign_changes(reset: bool, steps: int = 200) -> list[int]:
+        auto = AutoReLU(0.0, init=0.5, reset_after_flip=reset).train()
+        signs = []
+        for _ in range(steps):
+            auto(x)  # a training forward: where the reset happens
+            with torch.no_grad():
+                auto.w.sub_(0.01 * torch.sign(auto.w))  # the optimizer's step toward 0
+            signs.append(auto.noisy)
+        return [i for i in range(1, steps) if signs[i] != signs[i - 1]]
+
+    with_reset, drift = sign_changes(True), sign_changes(False)
+    assert len(with_reset) == 3  # the sign holds ~50 steps (init / drift), then flips back
+    assert all(b - a > 45 for a, b in zip([0, *with_reset], with_reset, strict=False))
+    assert len(drift) > 100  # without the reset it hovers at 0, flipping at every step
+    auto = AutoReLU(0.0, init=0.5)
+    with torch.no_grad():
+        auto.w.fill_(-1e-6)  # the optimizer just moved w across 0
+    auto.train()(x)
+    assert auto.w.item() == -0.5 and auto.noisy  # restarted at −init before the forward
+    assert "last_sign" in auto.state_dict()  # part of an exact restore
+    auto.eval()(x)
+    assert auto.last_sign.item() == -1.0  # evaluations never reset
+
+
+def test_auto_relu_in_eval_keeps_its_sign_unless_told_not_to() -> None:
+    x = torch.linspace(-2, 2, 9)
+    on, off = AutoReLU(0.0), AutoReLU(0.0, apply_in_eval=False)
+    for auto in (on, off):
+        with torch.no_grad():
+            auto.w.fill_(-0.5)
+    assert torch.equal(on.eval()(x), torch.relu(-x)) and on.eval_state() == 1.0
+    assert torch.equal(off.eval()(x), torch.relu(x)) and off.eval_state() == 0.0
+    assert torch.equal(off.train()(x), torch.relu(-x))  # training still sees the noise
+
+
 # ----------------------------------------------------------------------------- penalties
 def _two_by_two() -> nn.Linear:
     layer = nn.Linear(2, 2)
@@ -301,6 +342,47 @@ def test_model_level_placement_rules() -> None:
     assert len(set(net.state_dict())) == len(keys)  # model-level kinds add no layer
     with pytest.raises(ConfigError):
         regs.set_values({"ewa": 1.5})
+
+
+def test_ewa_evaluation_mid_period_sees_the_averaged_weights() -> None:
+    layer = nn.Linear(2, 2)
+    ewa = WeightEWA(0.9)
+    ewa.period_start(layer)
+    before = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.weight.add_(1.0)  # a period's training
+    trained = layer.weight.detach().clone()
+    ewa.eval_start(layer)
+    torch.testing.assert_close(layer.weight.detach(), 0.9 * trained + 0.1 * before)
+    ewa.eval_end(layer)
+    assert torch.equal(layer.weight.detach(), trained)  # training resumes from the exact W
+    ewa.period_end(layer)
+    torch.testing.assert_close(layer.weight.detach(), 0.9 * trained + 0.1 * before)
+
+
+def test_epoch_end_evaluation_logs_flag_states_and_the_penalty() -> None:
+    """An epoch end mid-period with the flip on: the flipped network is evaluated, the flag as
+    evaluated is logged (eval_state/<group>), PFREWA's evaluation uses the averaged weights,
+    and Keras' val_loss is recoverable (full_val_penalty)."""
+    base = {**SPEC, "model": {"name": "mlp", "hidden": [16], "batchnorm": True},
+            "controller": {"type": "constant", "values": {"sign_flip": 1.0}}}  # fmt: skip
+    flip = {"kind": "sign_flip", "where": "after_bn"}
+    ewa = {"kind": "ewa", "where": "model", "value": 0.5}
+    l2 = {"kind": "l2", "where": "model", "value": 1e-3}
+    runs = {}
+    for name, regs in {
+        "flip": [flip, ewa, l2],
+        "clean_eval": [{**flip, "options": {"apply_in_eval": False}}, ewa, l2],
+    }.items():
+        engine = build_engine({**base, "regularizers": regs})
+        runs[name] = [r for r in engine.run() if r.epoch_ended]
+    # 120 × 0.7 × 0.8 → 67 training examples / 32: an epoch ends at pass 3, inside period 0
+    first, clean = runs["flip"][0], runs["clean_eval"][0]
+    assert first.extra["eval_state/sign_flip"] == 1.0
+    assert clean.extra["eval_state/sign_flip"] == 0.0
+    assert first.full_val_loss != clean.full_val_loss  # the same weights, flipped or not
+    assert first.extra["full_val_penalty"] > 0
+    assert first.metrics()["eval_state/sign_flip"] == 1.0
 
 
 def test_auto_relu_in_a_resnet_block_trains_its_w() -> None:
