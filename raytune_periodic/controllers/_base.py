@@ -14,13 +14,16 @@ Lifecycle, as the engine calls it::
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.records import PeriodRecord, PeriodState
 from raytune_periodic.validation import bounded_range
+
+T = TypeVar("T")
 
 
 class Controller(ABC):
@@ -69,6 +72,20 @@ class Controller(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (agents, processes); called when the run ends."""
+
+
+def expand_groups(values: Mapping[str, T], bounds: Mapping[str, Any]) -> dict[str, T]:
+    """``values`` keyed by group: a key that is no group but whose per-layer groups
+    ``<key>_0, <key>_1, ...`` exist (a ``per_layer`` placement) stands for each of them; a
+    group named explicitly wins over its prefix. Other keys are kept (``bind`` reports them)."""
+    out = {k: v for k, v in values.items() if k in bounds}
+    for key, value in values.items():
+        if key in bounds:
+            continue
+        layers = [g for g in bounds if re.fullmatch(rf"{re.escape(key)}_\d+", g)]
+        for group in sorted(layers, key=lambda g: int(g.rsplit("_", 1)[1])) or [key]:
+            out.setdefault(group, value)
+    return out
 
 
 def check_range(

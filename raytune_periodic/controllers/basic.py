@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from raytune_periodic.controllers._base import Controller, check_range
+from raytune_periodic.controllers._base import Controller, check_range, expand_groups
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.records import PeriodState
 from raytune_periodic.validation import (
@@ -45,6 +45,7 @@ class ConstantController(Controller):
         return list(self.values)
 
     def bind(self, bounds: Mapping[str, tuple[float, float]], field: str = "controller") -> None:
+        self.values = expand_groups(self.values, bounds)  # ``noise``: every ``noise_<i>``
         super().bind(bounds, field)
         for name, v in self.values.items():
             check_range(f"{field}.values.{name}", v, v, self.bounds[name])
@@ -58,7 +59,9 @@ class PeriodicRandomController(Controller):
 
     The periodic paper's PD (periodic dropout) and PNI (periodic noise injection):
     ``distribution="uniform"`` draws from ``ranges[name] = [low, high]``; ``"choice"`` picks one of
-    ``choices[name]``.
+    ``choices[name]``. A ``name`` whose placement is ``per_layer`` (groups ``name_0, name_1, ...``)
+    draws an independent value for each injection layer (the paper: "the standard deviation of
+    each injection layer periodically changes").
     """
 
     name = "periodic_random"
@@ -99,6 +102,8 @@ class PeriodicRandomController(Controller):
         return list(self.ranges if self.distribution == "uniform" else self.choices)
 
     def bind(self, bounds: Mapping[str, tuple[float, float]], field: str = "controller") -> None:
+        self.ranges = expand_groups(self.ranges, bounds)  # per-layer groups: one draw each
+        self.choices = expand_groups(self.choices, bounds)
         super().bind(bounds, field)
         for name, (lo, hi) in self.ranges.items():
             check_range(f"{field}.ranges.{name}", lo, hi, self.bounds[name])

@@ -8,6 +8,9 @@ A placement says *what* (``kind``), *where* and under which *name* the controlle
 - ``block_bn``: after the first BatchNorm of each residual block only (one BN+ReLU unit per block);
 - ``before_relu``: before every ReLU module (torchvision's BasicBlock reuses one ReLU module twice,
   so the regularizer acts at both of its call sites);
+- ``after_relu``: after every ReLU module, on the *activated* nodes (the periodic paper's noise
+  injection, "into activated nodes in a hidden layer", and its dropout layers); a shared ReLU
+  module is one site with two call sites, as for ``before_relu``;
 - ``model``: not inserted into a layer — model-level kinds (``ModelRegularizer``: penalties,
   max-norm, EWA, augmentation) act through engine hooks; only they may use it, and only it.
 
@@ -56,7 +59,7 @@ REGULARIZERS.add("adaptive_penalty", AdaptivePenalty)
 REGULARIZERS.add("max_norm", MaxNorm)
 REGULARIZERS.add("augment", Augment)
 
-WHERE = ("head", "before_linear", "after_bn", "block_bn", "before_relu", "model")
+WHERE = ("head", "before_linear", "after_bn", "block_bn", "before_relu", "after_relu", "model")
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -65,7 +68,9 @@ class Placement:
     """Where to put one regularizer kind, and the group name its value is set under.
 
     ``per_layer=True`` makes one group per inserted layer, named ``{name}_{i}`` (for controllers
-    that set a value per layer); otherwise every inserted layer shares the group ``name``.
+    that set a value per layer: ``constant`` and ``periodic_random`` read ``name`` as all of
+    them, drawing independent values); otherwise every inserted layer shares the group
+    ``name``.
     """
 
     kind: str
@@ -94,7 +99,7 @@ def _targets(model: nn.Module, where: str, field: str) -> list[str]:
         for n, m in named:
             if hasattr(m, "bn1") and hasattr(m, "conv2") and isinstance(m.bn1, _BN):
                 found.append(f"{n}.bn1")
-    elif where == "before_relu":
+    elif where in ("before_relu", "after_relu"):
         found = [n for n, m in named if isinstance(m, nn.ReLU)]
     else:
         raise ConfigError(
@@ -199,7 +204,7 @@ def insert_regularizers(
                 groups.setdefault(pl.group, []).append(reg)
                 continue
             layer = model.get_submodule(target)
-            after = pl.where in ("after_bn", "block_bn")
+            after = pl.where in ("after_bn", "block_bn", "after_relu")
             _replace(
                 model, target, nn.Sequential(layer, reg) if after else nn.Sequential(reg, layer)
             )

@@ -99,3 +99,19 @@ def test_bad_controller_specs_are_one_line_errors(spec: dict, field: str) -> Non
         _bound(spec)
     assert err.value.field == field
     assert "\n" not in str(err.value)
+
+
+def test_a_per_layer_name_stands_for_each_layer_with_independent_draws() -> None:
+    """PD/PNI: "the standard deviation of each injection layer periodically changes"."""
+    layers = {f"noise_{i}": (0.0, float("inf")) for i in range(12)} | {"dropout": (0.0, 1.0)}
+    pni = build_controller({"type": "periodic_random", "ranges": {"noise": [0, 0.5]}}, seed=1)
+    pni.bind(layers)
+    first, second = _schedule(pni, 2)
+    assert sorted(first) == sorted(f"noise_{i}" for i in range(12))
+    assert len(set(first.values())) == 12 and first != second  # independent, redrawn
+    gni = build_controller({"type": "constant", "values": {"noise": 0.25, "noise_3": 0.0}})
+    gni.bind(layers)
+    values = _schedule(gni, 1)[0]
+    assert values["noise_3"] == 0.0 and {values[f"noise_{i}"] for i in (0, 11)} == {0.25}
+    with pytest.raises(ConfigError, match="no regularizer group 'nois'"):
+        build_controller({"type": "constant", "values": {"nois": 0.1}}).bind(layers)

@@ -118,6 +118,22 @@ def test_after_bn_and_per_layer_groups() -> None:
     assert out.shape == (5, 3)
 
 
+def test_after_relu_acts_on_the_activated_nodes() -> None:
+    """The periodic paper injects noise "into activated nodes": after each ReLU, so the noisy
+    activation can be negative; in torchvision's ResNet each ReLU module is one site."""
+    model = _mlp()
+    regs = insert_regularizers(model, [Placement("gaussian_noise", "after_relu", name="noise")])
+    relus = [m for m in model.modules() if isinstance(m, nn.Sequential) and len(m) == 2
+             and isinstance(m[0], nn.ReLU)]  # fmt: skip
+    assert len(relus) == len(regs.groups["noise"]) == 2
+    assert all(isinstance(m[1], GaussianNoise) for m in relus)
+    regs.set_values({"noise": 1.0})
+    assert bool((relus[0].train()(torch.zeros(64, 8)) < 0).any())  # noise after the ReLU
+    net = resnet18(weights=None, num_classes=10)
+    sites = insert_regularizers(net, [Placement("dropout", "after_relu", per_layer=True)])
+    assert len(sites.names) == 1 + 8  # the stem's ReLU and each block's (shared) ReLU module
+
+
 def test_block_bn_puts_one_unit_per_residual_block() -> None:
     model = resnet18(weights=None, num_classes=10)
     n_blocks = sum(1 for m in model.modules() if type(m).__name__ == "BasicBlock")
