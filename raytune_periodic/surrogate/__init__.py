@@ -1,12 +1,16 @@
 """Surrogate-network sparseness HPO with Nevergrad DE/PSO (the surrogate paper's Algorithm 1).
 
-- :mod:`.sparseness`: the 8-dim HypParaSet and its four strategies on a two-FC head (eqs. 2–8);
+- :mod:`.sparseness`: the 8-dim HypParaSet (eq. 8) and the search box;
+- :mod:`.fc_head`: the four strategies on a two-FC head, or a one-FC head (ResNet20) (eqs. 2–7);
 - :mod:`.networks`: the one-convolution surrogate (Table 2), 'original+surrogate' fitting with
   unilateral Euclidean losses (eq. 9) and FLOPs (§2.4);
+- :mod:`.original`: the original network, seeded or from a pretrained state dict;
 - :mod:`.objective`: eq. 11;
-- :mod:`.optimizers` / :mod:`.de_rand1`: Nevergrad PSO and DE/rand/1/bin, in populations;
+- :mod:`.optimizers` / :mod:`.de_rand1` / :mod:`.ga`: Nevergrad PSO and DE/rand/1/bin, and Table
+  5's GA (tournament 2), in populations;
 - :mod:`.algorithm`: Algorithm 1, resumable, candidates as Ray tasks (:mod:`.executors`);
-- :mod:`.baselines`: fixed settings, tied grid search, EA without surrogate.
+- :mod:`.baselines`: fixed settings, tied grid search, EA without surrogate (not the paper's);
+- :mod:`.rbf`: Table 5's RBF-based surrogate (HORD: cubic RBF + DYCORS over full trainings).
 
 Importing this package needs torch only; Nevergrad is imported when an optimizer is built and Ray
 when a Ray executor is.

@@ -35,7 +35,9 @@ def test_the_paper_configs_are_there() -> None:
         "noise_injection_table1_affectnet_resnet18.yaml",
         "tiny_imagenet_comparison.yaml",
         "iris_comparison.yaml",
-        "surrogate_fer2013_lenet.yaml",
+        "surrogate_table3_fer2013_lenet.yaml",
+        "surrogate_table4_fer2013_lenet.yaml",
+        "surrogate_table5_fer2013_resnet20.yaml",
     }
     assert expected <= set(NAMES)
 
@@ -128,8 +130,11 @@ def _check_mlflow(uri: str, raw: dict[str, Any]) -> None:
 
 
 @pytest.fixture(scope="module")
-def in_process(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Every config but ``CLI_CONFIG``, smoke-run in-process under one local Ray (2 CPUs).
+def in_process(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> dict[str, Any]:
+    """The configs this session selected (``-k``), smoke-run in-process under one local Ray
+    (2 CPUs); every config but ``CLI_CONFIG`` when none is deselected.
 
     Two configs run at a time (threads; each its own SQLite file, so no write contention): a smoke
     trial is mostly Tune/actor start-up (~8 s per method on 2 CPUs), not training.
@@ -139,7 +144,12 @@ def in_process(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from raytune_periodic.tuning.runner import run_experiment
 
     tmp = tmp_path_factory.mktemp("paper")
-    todo = [p for p in PAPER if p.name != CLI_CONFIG]
+    selected = {
+        item.callspec.params["name"]
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_smoke_run_in_process"
+    }
+    todo = [p for p in PAPER if p.name != CLI_CONFIG and p.name in selected]
     raws = {p.name: smoke_config(read_yaml(p), tmp / "data") for p in todo}
     uris = {name: f"sqlite:///{tmp / (name + '.db')}" for name in raws}
     seconds: dict[str, float] = {}

@@ -92,6 +92,56 @@ def test_a_model_without_two_fc_head_names_base_model() -> None:
         assert err.value.field == "base.model.name"
 
 
+# ----------------------------------------------------------------------------- Table 5
+RESNET20 = {**BASE, "model": {"name": "resnet20", "blocks": 1}}
+ONE_FC = {"active": ["lam_z", "lam_v", "p_z", "p_v"]}
+
+
+def test_table5_rows_validate_on_resnet20s_one_fc_head() -> None:
+    cfg = validate_config({"name": "t5", "budget": {"periods": 2}, "base": RESNET20, "methods": {
+        "GRID": {"search": "sparseness_grid", "names": ONE_FC["active"], "n_p": 2, "n_lambda": 2},
+        "RBF": {"search": "rbf_surrogate", "max_time": 5, "space": ONE_FC},
+        "EA": {"search": "surrogate_ga", **TINY, "tournament": 2, "space": ONE_FC},
+        "PSO": {"search": "surrogate_pso", **TINY, "space": ONE_FC},
+    }})  # fmt: skip
+    assert [cfg.plan[m].method.trials_per_seed() for m in cfg.plan] == [4, 5, 1, 1]
+    assert cfg.plan["EA"].method.options_of(cfg.plan["EA"].entry)["optimizer"] == "ga"
+
+
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ({"search": "surrogate_pso", **TINY}, "methods.M.space.active"),  # all 8 by default
+        ({"search": "sparseness_grid", "n_p": 2, "n_lambda": 2}, "methods.M.names"),
+        ({"search": "sparseness_grid", "points": [{"p_x": 0.5}]}, "methods.M.points"),
+        ({"search": "rbf_surrogate", "max_time": 0, "space": ONE_FC}, "methods.M.max_time"),
+        ({"search": "surrogate_ga", **TINY, "tournament": 0}, "methods.M.tournament"),
+    ],
+)
+def test_resnet20_entries_outside_its_four_names_are_one_line_errors(
+    entry: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        validate_config({"name": "t5", "budget": {"periods": 2}, "base": RESNET20,
+                         "methods": {"M": entry}})  # fmt: skip
+    assert err.value.field == field and "\n" not in str(err.value)
+
+
+def test_rbf_searcher_learns_the_trials_scores() -> None:
+    from raytune_periodic.surrogate.sparseness import SearchSpace
+    from raytune_periodic.tuning.rbf_searcher import RBFSearcher
+
+    searcher = RBFSearcher(SearchSpace(active=("p_z",)), budget=5, seed=0, n_init=2)
+    searcher.set_search_properties("objective", "max", {})
+    first = searcher.suggest("t1")
+    assert set(first["values"]) == set(NAMES) and 0.2 <= first["values"]["p_z"] <= 0.8
+    searcher.on_trial_complete("t1", {"objective": 0.75})
+    searcher.on_trial_complete("t2")  # never suggested: ignored
+    searcher.suggest("t2")
+    searcher.on_trial_complete("t2", None, error=True)
+    assert searcher.rbf.losses == [-0.75, pytest.approx(0.25)]  # max mode; errors are worst
+
+
 # ----------------------------------------------------------------------------- no cluster
 def test_fixed_run_equals_train_original() -> None:
     from raytune_periodic.data import load_dataset
