@@ -18,8 +18,9 @@ Before the first period there is no record: every feature is 0.
 
 **Action**: one real number per controlled group (a group is whatever name the regularizer
 placement gives — one shared rate, or ``dropout_0, dropout_1, …`` for per-layer placements). RLlib
-samples in ``[-1, 1]``-ish space; :meth:`MDP.values` clips to ``[-1, 1]`` and maps linearly onto the
-group's ``[low, high]``, which must lie inside the regularizer's valid range.
+samples an unbounded Gaussian; :meth:`MDP.values` squashes it with ``tanh`` into ``(-1, 1)`` (no
+clipping: every raw action maps to a distinct value) and maps that linearly onto the group's
+``[low, high]``, which must lie inside the regularizer's valid range.
 
 **Reward** of a period (registry ``REWARDS``): ``gap`` (the paper: ``−(train F1 − val F1)``),
 ``val_f1``, ``val_f1_delta`` (improvement over the previous period) and ``val_f1_minus_gap``
