@@ -24,9 +24,9 @@ import torch
 from ray import tune
 
 from raytune_periodic.training import build_engine
-from raytune_periodic.tuning.mlflow_callback import MlflowCallback
 from raytune_periodic.training.spec import trial_spec
 from raytune_periodic.tuning.methods.pbt import make_clip_explore
+from raytune_periodic.tuning.mlflow_callback import MlflowCallback
 from raytune_periodic.tuning.trainable import PeriodTrainable
 
 BASE = {
