@@ -1,7 +1,9 @@
-"""Shared fixtures: one tiny real Tune + SQLite MLflow experiment for the report tests."""
+"""Shared fixtures: one tiny real Tune + SQLite MLflow experiment for the report tests, and
+cluster.yaml's tracking stack (PostgreSQL + S3) started once per session."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +44,23 @@ def report_experiment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
     finally:
         ray.shutdown()
     return {"uri": uri, "tmp": tmp, "outcome": outcome, "name": REPORT_CONFIG["name"]}
+
+
+@pytest.fixture(scope="session")
+def postgres_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A PostgreSQL server and an S3 server (moto) on this machine, once per session:
+    ``postgres_s3.server(root, name)`` is an MLflow server on a fresh database and bucket
+    prefix (tests/mlflow_server.py)."""
+    for module in ("psycopg", "boto3", "moto"):
+        pytest.importorskip(module, reason="the test extra (PostgreSQL + S3 tracking stack)")
+    from mlflow_server import PostgresS3, postgres_bin_dir
+
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL binaries (pip install pgserver, or Debian's postgresql)")
+    stack = PostgresS3(tmp_path_factory.mktemp("postgres_s3"), bin_dir)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()

@@ -1,5 +1,7 @@
 """The MLflow tracking server down for part of a search: writes are spooled locally and
-delivered exactly once when it returns (next contact, or `raytune-periodic mlflow-sync`)."""
+delivered exactly once when it returns (next contact, or `raytune-periodic mlflow-sync`).
+Each test runs against a SQLite-backed server and against cluster.yaml's stack (PostgreSQL
+backend store, S3 artifact store: tests/mlflow_server.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow_server import MlflowServer, free_port
@@ -23,13 +26,18 @@ FAST_HTTP = {
 }
 
 
-@pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowServer]:
+@pytest.fixture(params=["sqlite", "postgres+s3"])
+def server(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[MlflowServer]:
     for key, val in FAST_HTTP.items():
         monkeypatch.setenv(key, val)
     root = tmp_path / "server"
     root.mkdir()
-    srv = MlflowServer(root, free_port())
+    if request.param == "sqlite":
+        srv = MlflowServer(root, free_port())
+    else:  # a fresh database and bucket prefix on the session's PostgreSQL and S3
+        srv = request.getfixturevalue("postgres_s3").server(root, request.node.name)
     srv.start()
     try:
         yield srv
@@ -41,10 +49,10 @@ def _record(step: int) -> dict[str, float]:
     return {"period": float(step), "epoch": step / 4, "val_f1": 0.5 + step / 100, "dropout": 0.1}
 
 
-def _assert_exactly_once(url: str, n_trials: int, periods: int) -> None:
+def _assert_exactly_once(server: MlflowServer, n_trials: int, periods: int) -> None:
     from mlflow import MlflowClient
 
-    client = MlflowClient(url)
+    client = MlflowClient(server.url)
     exp = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([exp.experiment_id], max_results=500)
     kinds = [r.data.tags.get("rp.kind") for r in runs]
@@ -62,9 +70,25 @@ def _assert_exactly_once(url: str, n_trials: int, periods: int) -> None:
             assert sorted(steps) == list(range(periods)), (r.data.tags["rp.trial_id"], key, steps)
         assert "best_val_f1" in r.data.metrics
         assert any(f.path == "schedule.csv" for f in client.list_artifacts(r.info.run_id))
+    _assert_in_artifact_store(server, trials)
 
 
-@pytest.mark.parametrize("deliver", ["automatic", "mlflow-sync"])
+def _assert_in_artifact_store(server: MlflowServer, trials: list[Any]) -> None:
+    """Each trial's schedule.csv is in the artifact store itself (the S3 bucket, listed with
+    boto3, or the local folder): the server stored it there, not somewhere else."""
+    stored = server.stored_artifacts()
+    for r in trials:
+        wanted = f"{r.info.experiment_id}/{r.info.run_id}/artifacts/schedule.csv"
+        assert wanted in stored, (server.artifacts, wanted, stored[:20])
+
+
+# both deliveries against SQLite; against PostgreSQL + S3 the automatic one (mlflow-sync sends
+# the server the same requests from another process: ~20 s of CI for no new server path)
+@pytest.mark.parametrize(
+    ("server", "deliver"),
+    [("sqlite", "automatic"), ("sqlite", "mlflow-sync"), ("postgres+s3", "automatic")],
+    indirect=["server"],
+)
 def test_server_outage_spools_and_delivers_exactly_once(
     server: MlflowServer, tmp_path: Path, deliver: str
 ) -> None:
@@ -115,13 +139,13 @@ def test_server_outage_spools_and_delivers_exactly_once(
         assert out.returncode == 0, out.stdout + out.stderr
         assert f"delivered {spooled}, left 0" in out.stdout, out.stdout
     assert not store.spool.path.exists()
-    _assert_exactly_once(server.url, 2, periods)
+    _assert_exactly_once(server, 2, periods)
 
     # delivering again (a second sync, a crash between delivery and bookkeeping) adds nothing
     for op in [{"op": "log_batch", "run": t0, "step": 5, "metrics": [["val_f1", 0.9, 1, 5]]}]:
         store.spool.append(op)
     assert store.sync() == 0
-    _assert_exactly_once(server.url, 2, periods)
+    _assert_exactly_once(server, 2, periods)
 
 
 TUNE_CONFIG = {
@@ -142,18 +166,6 @@ TUNE_CONFIG = {
 }
 
 
-def _server_steps(db: Path) -> int:
-    """Metric rows ``val_f1`` in the server's database (read-only peek)."""
-    import sqlite3
-
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            row = con.execute("SELECT COUNT(*) FROM metrics WHERE key = 'val_f1'").fetchone()
-    except sqlite3.OperationalError:
-        return 0
-    return int(row[0])
-
-
 @pytest.mark.slow
 def test_tune_search_survives_server_outage(server: MlflowServer, tmp_path: Path) -> None:
     import yaml
@@ -172,7 +184,7 @@ def test_tune_search_survives_server_outage(server: MlflowServer, tmp_path: Path
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 240
-        while _server_steps(server.root / "mlflow.db") < 3:  # the search is under way
+        while server.metric_rows("val_f1") < 3:  # the search is under way
             assert driver.poll() is None, driver.stdout.read()[-3000:]  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "no step reached the server"
             time.sleep(0.2)
@@ -206,3 +218,4 @@ def test_tune_search_survives_server_outage(server: MlflowServer, tmp_path: Path
         assert r.data.tags["rp.status"] == "ok"
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_f1")]
         assert steps == list(range(12)), (r.data.tags["rp.method"], steps)
+    _assert_in_artifact_store(server, trials)
