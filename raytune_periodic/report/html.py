@@ -150,7 +150,7 @@ def _f(x: Any) -> str:
 
 def render_html(report: Report, images: dict[str, bytes], config: str | None) -> str:
     """The page: ``images`` are PNG bytes by figure stem, ``config`` the config.yaml text."""
-    from raytune_periodic.report.output import PAIRED_HEADER, paired_cells
+    from raytune_periodic.report.output import PAIRED_FOOTNOTE, PAIRED_HEADER, paired_cells
 
     data = report.data
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -169,7 +169,7 @@ def render_html(report: Report, images: dict[str, bytes], config: str | None) ->
         "<h2>Methods</h2>\n" + _table(MD_HEADER, map(table_cells, _records(report.table))),
         f"<h2>Paired with {escape(report.baseline)}</h2>\n"
         + _table(PAIRED_HEADER, map(paired_cells, _records(report.paired)))
-        + "<p>* significant at α = 0.05 after Holm.</p>\n",
+        + f"<p>{escape(PAIRED_FOOTNOTE)}</p>\n",
     ]
     if report.ranks:
         parts.append("<h2>Ranks</h2>\n" + _list(r.summary() for r in report.ranks))
