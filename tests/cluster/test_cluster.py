@@ -1,5 +1,6 @@
 """cluster.yaml against Ray's own cluster-config schema, the launch/ scripts, and a real 2-node
-Ray cluster on this machine (two raylets) with a real MLflow server, driven by `ray job submit`."""
+Ray cluster on this machine (two raylets) driven by `ray job submit`, tracking to a real MLflow
+server on cluster.yaml's stack: a PostgreSQL backend store and an S3 artifact store (moto)."""
 
 from __future__ import annotations
 
@@ -212,18 +213,20 @@ def _kill_group(pidfile: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_two_node_cluster_job_with_worker_kill_and_node_loss(
-    local_cluster: dict[str, Any], tmp_path: Path
+    local_cluster: dict[str, Any], postgres_s3: Any, tmp_path: Path
 ) -> None:
-    """`ray job submit` to a head + worker raylet and a real MLflow server; one trial worker
-    process is killed at period FAULT_PERIOD (a), and the whole worker node is killed while one
-    of its trials has a checkpoint (d). Every trial must finish, every period of every trial
-    must be in MLflow exactly once, and trials must have run on both nodes."""
+    """`ray job submit` to a head + worker raylet and a real MLflow server on PostgreSQL + S3;
+    one trial worker process is killed at period FAULT_PERIOD (a), and the whole worker node is
+    killed while one of its trials has a checkpoint (d). Every trial must finish, every period
+    of every trial must be in MLflow exactly once (in PostgreSQL itself too), every trial's
+    schedule must be in the S3 bucket, and trials must have run on both nodes."""
     from mlflow import MlflowClient
-    from mlflow_server import MlflowServer, free_port
 
     root = tmp_path / "mlflow"
     root.mkdir()
-    server = MlflowServer(root, free_port())
+    # the job's driver and workers get no S3 endpoint or credentials: artifacts go through
+    # the server, as on the cluster
+    server = postgres_s3.server(root, "clustertest")
     server.start()
     marker = tmp_path / "fault-fired"
     worker_dir = local_cluster["dir"] / "worker1"
@@ -286,6 +289,13 @@ def test_two_node_cluster_job_with_worker_kill_and_node_loss(
                 hist = client.get_metric_history(r.info.run_id, "value/dropout")
                 values = [round(m.value, 6) for m in sorted(hist, key=lambda m: m.step)]
                 assert values == [round(0.1 * (p % 3), 6) for p in range(PERIODS)]
+        # the tracking stack itself: one val_f1 row per period in PostgreSQL, each trial's
+        # schedule.csv in the bucket (listed with boto3, not through MLflow)
+        assert server.metric_rows("val_f1") == len(trials) * PERIODS
+        stored = server.stored_artifacts()
+        for r in trials:
+            wanted = f"{exp.experiment_id}/{r.info.run_id}/artifacts/schedule.csv"
+            assert wanted in stored, (wanted, stored[:20])
     finally:
         server.stop()
 
