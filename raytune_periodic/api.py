@@ -108,16 +108,14 @@ def compare(
     invocation_id: str | None = None,
     baseline: str | None = None,
 ) -> pandas.DataFrame:
-    """The comparison ``raytune-periodic compare`` prints, as a DataFrame (one row per method)."""
-    from raytune_periodic import report
+    """The comparison ``raytune-periodic compare`` prints, as a DataFrame: one row per method
+    (the method table, then the paired statistics vs ``baseline`` and a verdict); ``attrs``
+    holds the baseline, verdicts, notes and the long-form paired records."""
+    from raytune_periodic.report import compare_frame
 
-    frame = getattr(report, "compare_frame", None)
-    if frame is not None:
-        return frame(
-            experiment, tracking_uri=tracking_uri, invocation_id=invocation_id, baseline=baseline
-        )
-    data = report.load_experiment(experiment, tracking_uri, invocation_id)
-    return report.method_table(data)
+    return compare_frame(
+        experiment, tracking_uri=tracking_uri, invocation_id=invocation_id, baseline=baseline
+    )
 
 
 __all__ = ["compare", "load", "run", "validate"]

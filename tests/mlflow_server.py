@@ -186,6 +186,42 @@ def postgres_bin_dir() -> Path | None:
     return None
 
 
+def _postgres_user() -> dict[str, Any]:
+    """``subprocess`` arguments that run PostgreSQL's programs as ``nobody`` under root (it
+    refuses to run as root); none otherwise."""
+    if os.geteuid() != 0:
+        return {}
+    nobody = pwd.getpwnam("nobody")
+    return {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+
+
+def runnable_postgres(bin_dir: Path, spare: Path) -> Path:
+    """``bin_dir`` if PostgreSQL's user can run its programs, else a copy of pgserver's install
+    under ``spare`` (a folder that user can reach): under root, a checkout in a private folder
+    (``/root/...``) holds binaries that ``nobody`` cannot execute."""
+    run_as = _postgres_user()
+    try:
+        for prog in ("postgres", "initdb"):
+            subprocess.run(
+                [str(bin_dir / prog), "--version"],
+                check=True, capture_output=True, timeout=60, **run_as,
+            )  # fmt: skip
+        return bin_dir
+    except (OSError, subprocess.SubprocessError):
+        if not run_as:
+            raise
+    install = bin_dir.parent  # .../site-packages/pgserver/pginstall
+    copy = spare / "pgserver" / "pginstall"
+    if (copy / "bin" / "postgres").exists():  # copied before
+        return copy / "bin"
+    for sub in ("bin", "lib", "share"):
+        shutil.copytree(install / sub, copy / sub)
+    libs = install.parent.parent / "pgserver.libs"  # initdb's RUNPATH: $ORIGIN/../../../
+    if libs.is_dir():
+        shutil.copytree(libs, spare / "pgserver.libs")
+    return copy / "bin"
+
+
 class LocalPostgres:
     """A throwaway PostgreSQL server: its own data directory, a Unix socket in a private
     directory (mode 700, no TCP at all), peer authentication (the connecting user's name is the
@@ -198,15 +234,13 @@ class LocalPostgres:
         self.role = pwd.getpwuid(os.geteuid()).pw_name
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
-        self._run_as: dict[str, Any] = {}
-        if os.geteuid() == 0:  # "root" execution of the PostgreSQL server is not permitted
-            nobody = pwd.getpwnam("nobody")
-            self._run_as = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+        self._run_as = _postgres_user()
 
     def start(self, timeout: float = 60) -> None:
         # short (the socket path must stay below 108 bytes) and outside pytest's tmp folders,
         # which are private to root: the server's own user must reach it
         self.dir = Path(tempfile.mkdtemp(prefix="rp-pg-", dir="/tmp"))
+        self.bin = runnable_postgres(self.bin, self.dir / "install")
         if self._run_as:
             os.chown(self.dir, self._run_as["user"], self._run_as["group"])
         data, log = self.dir / "data", self.dir / "postgres.log"

@@ -51,7 +51,7 @@ from raytune_periodic.tracking import (
 
 #: per-step metrics loaded for every trial (plus each ``value/<name>``): the F1 curves, and
 #: what the anytime curves need (the full-validation F1 at epoch ends, the seconds per period)
-PLOT_KEYS = ("val_f1", "train_f1", "full_val_f1", "period_seconds")
+PLOT_KEYS = ("val_f1", "train_f1", "full_val_f1", "period_seconds", "train_loss", "full_val_loss")
 #: per-step metrics loaded to compute the summary of a trial that has none
 SUMMARY_INPUTS = (
     "period",
@@ -61,6 +61,10 @@ SUMMARY_INPUTS = (
     "period_seconds",
     "full_val_f1",
     "test_f1",
+    "train_loss",
+    "val_loss",
+    "full_val_loss",
+    "full_val_penalty",
     *COST_KEYS,
 )
 

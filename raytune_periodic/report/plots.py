@@ -22,7 +22,8 @@ MAX_SCHEDULES = 40  #: schedules drawn per method in values.png (evenly spaced o
 
 
 def write_plots(data: ExperimentData, out_dir: str | Path) -> list[Path]:
-    """Write ``val_f1.png``, ``values.png`` and ``train_vs_val.png`` into ``out_dir``."""
+    """Write ``val_f1.png``, ``values.png``, ``train_vs_val.png`` and ``losses.png`` into
+    ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     methods = [m for m in data.methods if m.trials]
@@ -31,6 +32,7 @@ def write_plots(data: ExperimentData, out_dir: str | Path) -> list[Path]:
         _save(_val_f1(methods, colors), out / "val_f1.png"),
         _save(_values(methods, colors), out / "values.png"),
         _save(_train_vs_val(methods), out / "train_vs_val.png"),
+        _save(_losses(methods, colors), out / "losses.png"),
     ]
 
 
@@ -129,6 +131,23 @@ def _train_vs_val(methods: Sequence[MethodData]) -> Any:
         _curve(ax, method.trials, "train_f1", "train F1")
         _curve(ax, method.trials, "val_f1", "val F1", linestyle="--")
         ax.set(xlabel=_STEP_LABEL, ylabel="F1", title=f"{method.name}: train vs val F1")
+        ax.legend(fontsize="small")
+    return fig
+
+
+def _losses(methods: Sequence[MethodData], colors: dict[str, str]) -> Any:
+    """Loss curves (the periodic paper's Fig. 4): training loss per period, full-validation
+    loss at epoch ends; mean and band over each method's trials."""
+    fig, axes = _figure(2)
+    if not methods:
+        _empty(axes[0], "no trials")
+        return fig
+    for method in methods:
+        _curve(axes[0], method.trials, "train_loss", method.name, color=colors[method.name])
+        _curve(axes[1], method.trials, "full_val_loss", method.name, color=colors[method.name])
+    axes[0].set(xlabel=_STEP_LABEL, ylabel="loss", title="training loss (per period)")
+    axes[1].set(xlabel=_STEP_LABEL, ylabel="loss", title="validation loss (epoch ends)")
+    for ax in axes:
         ax.legend(fontsize="small")
     return fig
 

@@ -18,7 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mlflow_server import FAKE_AWS, free_port, healthy, postgres_bin_dir, s3_client
+from mlflow_server import (
+    FAKE_AWS,
+    free_port,
+    healthy,
+    postgres_bin_dir,
+    runnable_postgres,
+    s3_client,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "launch" / "mlflow_server.sh"
@@ -48,8 +55,9 @@ def _start(data: Path, port: int, s3_port: int) -> subprocess.Popen[str]:
     }
     for key in (*FAKE_AWS, "MLFLOW_S3_ENDPOINT_URL"):  # the script sets what it needs
         env.pop(key, None)
-    if (bin_dir := postgres_bin_dir()) is not None:
-        env["PG_BIN"] = str(bin_dir)
+    bin_dir = postgres_bin_dir()
+    assert bin_dir is not None
+    env["PG_BIN"] = str(runnable_postgres(bin_dir, data.parent / "install"))
     log = (data.parent / "script.log").open("a")
     proc = subprocess.Popen(
         [str(SCRIPT), "--postgres-s3", "--port", str(port), "--s3-port", str(s3_port),

@@ -104,11 +104,12 @@ def test_load_picks_the_latest_invocation(uri: str) -> None:
     assert t3.status == "running"
     assert t3.summary["best_val_f1"] == pytest.approx(0.84)  # from its history
     assert t3.summary["test_f1_at_best"] == pytest.approx(0.81)
-    # the plotted curves, plus what the anytime curves need
+    # the plotted curves (F1s, losses), plus what the anytime curves need
     assert sorted(t3.history) == [
         "full_val_f1",
         "period_seconds",
         "train_f1",
+        "train_loss",
         "val_f1",
         "value/dropout",
     ]
@@ -155,7 +156,7 @@ def test_render_markdown_and_csv(table: pd.DataFrame) -> None:
     assert lines[0].startswith("| method | search | trials |")
     assert lines[2] == (
         "| BL | grid | 2 | 1 | 0 | 2 | 0.750 ± 0.071 | 0.720 ± 0.085 | 0.720 ± 0.085 "
-        "| 0.730 ± 0.085 | 0.150 ± 0.071 | 4.0 | 80 | 1.00 |"
+        "| 0.730 ± 0.085 | 0.150 ± 0.071 | 1.000 / 1.100 | 4.0 | 80 | 1.00 |"
     )
     assert "| PD | controller | 3 | 0 | 1 | 1 | 0.900 | 0.850 | 0.830 ± 0.028 |" in lines[3]
     back = pd.read_csv(io.StringIO(render_table(df, "csv")))
@@ -173,15 +174,21 @@ def test_single_trial_has_no_std() -> None:
                         "val_f1_std": math.nan, "test_f1_mean": math.nan,
                         "test_f1_std": math.nan, "final_test_f1_mean": math.nan,
                         "final_test_f1_std": math.nan, "gap_mean": 0.1, "gap_std": math.nan,
+                        "final_train_loss_mean": math.nan, "final_val_loss_mean": math.nan,
                         "trial_seconds": 1.0, "passes": 10.0,
                         "t_ori_per_seed": 1.0}])  # fmt: skip
-    row = "| A | grid | 1 | 0 | 0 | 1 | 0.500 | – | – | – | 0.100 | 1.0 | 10 | 1.00 |"
+    row = "| A | grid | 1 | 0 | 0 | 1 | 0.500 | – | – | – | 0.100 | – / – | 1.0 | 10 | 1.00 |"
     assert row in render_table(df)
 
 
 def test_write_plots(uri: str, tmp_path: Path) -> None:
     paths = write_plots(load_experiment(uri, EXPERIMENT), tmp_path / "plots")
-    assert [p.name for p in paths] == ["val_f1.png", "values.png", "train_vs_val.png"]
+    assert [p.name for p in paths] == [
+        "val_f1.png",
+        "values.png",
+        "train_vs_val.png",
+        "losses.png",
+    ]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 10_000
