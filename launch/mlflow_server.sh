@@ -147,7 +147,8 @@ use a shorter --data-dir"
         # socket, no TCP connections at all, no password anywhere
         (cd / && "${as_pg[@]}" "$pg/initdb" -D "$pgdata" -U "$(id -un)" --auth-local=peer \
             --auth-host=reject --encoding=UTF8 --no-instructions) >"$data/initdb.log" 2>&1 ||
-            fail "initdb failed (as root: can user nobody reach $pgdata?): $data/initdb.log"
+            fail "initdb failed (as root it runs as nobody: can nobody reach $pgdata and \
+$pg?): $data/initdb.log"
     fi
     trap stop_stack EXIT
     trap 'exit 130' INT
