@@ -53,12 +53,18 @@ def healthy(url: str) -> bool:
     return _answers(f"{url}/health")
 
 
-def _stop_group(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL) -> None:
-    """Signal a process started with ``start_new_session=True`` and everything in its group."""
+def _stop_group(
+    proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL, group: bool = True
+) -> None:
+    """Signal a process started with ``start_new_session=True`` (and everything in its group,
+    or only the process itself); SIGKILL to the group if it has not exited 30 s later."""
     if proc is None or proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
@@ -284,8 +290,8 @@ class LocalPostgres:
         return self.uri(name)
 
     def stop(self) -> None:
-        # SIGINT: PostgreSQL's fast shutdown (rolls back open transactions, exits cleanly)
-        _stop_group(self.proc, signal.SIGINT)
+        # SIGINT to the postmaster: PostgreSQL's fast shutdown (it stops its own processes)
+        _stop_group(self.proc, signal.SIGINT, group=False)
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
 
