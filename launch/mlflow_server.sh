@@ -36,8 +36,8 @@ Run `mlflow server` in the foreground with safe, fast defaults:
                                root, PostgreSQL runs as `nobody` (it refuses root)
   --s3-port PORT               moto's port with --postgres-s3 (default: PORT + 1)
   --allowed-hosts LIST         host-check allow list (comma separated, e.g. "10.0.0.*,head:5000")
-  --auth                       MLflow's basic-auth app (--app-name basic-auth, needs
-                               `pip install mlflow[auth]`): every request needs a user. The auth
+  --auth                       MLflow's basic-auth app (--app-name basic-auth, needs Flask-WTF:
+                               the package's `server` extra): every request needs a user. The auth
                                database and the CSRF key live in DIR (owner-only files)
   --admin-password-file FILE   with --auth: the password of user `admin`, created on the first
                                start (later starts keep the stored one; rotate it with MLflow's
