@@ -45,6 +45,8 @@ CAPTIONS = {
     "val_f1": "Validation F1 (period mini-batches) per period: mean over trials, ±1 std.",
     "values": "Regularization values per period, one line per trial.",
     "train_vs_val": "Train vs validation F1 per method (the overfitting gap).",
+    "losses": "Training loss per period and validation loss at epoch ends (mean over trials, "
+    "±1 std): the periodic paper's Fig. 4.",
 }
 TRIAL_HEADER = (
     "trial",

@@ -239,6 +239,7 @@ def figures(report: Report) -> dict[str, Any]:
         "val_f1": plots._val_f1(methods, colors),
         "values": plots._values(methods, colors),
         "train_vs_val": plots._train_vs_val(methods),
+        "losses": plots._losses(methods, colors),
     }
     for rank in report.ranks:
         figs[f"ranks_{rank.metric}"] = rank_figure(rank)

@@ -67,7 +67,7 @@ def test_html_page_parses_and_embeds_every_image(
     page = compare_experiment("exp", uri, fmt="html")
     parsed = _parse(page)
     imgs = [attrs for tag, attrs in parsed.tags if tag == "img"]
-    assert len(imgs) == 7  # anytime, seeds, val_f1, values, train_vs_val, 2 rank diagrams
+    assert len(imgs) == 8  # anytime, seeds, val_f1, values, train_vs_val, losses, 2 rank views
     for attrs in imgs:
         src = attrs["src"] or ""
         assert src.startswith("data:image/png;base64,")
@@ -80,7 +80,7 @@ def test_html_page_parses_and_embeds_every_image(
     for text in ("D vs BL: selected test F1", "Paired with BL", "mean rank by", "seeds:\n- 0"):
         assert text in page  # verdicts, paired table, ranks, the logged config.yaml
     compare_experiment("exp", uri, tmp_path, "html")
-    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 7
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 8
 
 
 def test_links_to_the_mlflow_ui_on_an_http_tracking_server(
