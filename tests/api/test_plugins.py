@@ -111,6 +111,7 @@ def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     MODELS._entry_points = None  # re-read entry points with the user's folder on the path
     yield root
+    MODELS.remove("tiny_user")  # a loaded entry point stays registered: forget it
     MODELS._entry_points = None
 
 
