@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
+MIN_TEST_SEEDS = 3  #: below this no difference is called significant, whatever p says
 POWER = 0.8
 N_RESAMPLES = 9_999  #: BCa bootstrap resamples (scipy's default)
 BOOTSTRAP_SEED = 0  #: the report is reproducible: same store, same intervals
@@ -275,6 +276,8 @@ def _holm(frame: Any) -> Any:
             )
             frame.loc[rows.index[ok], "p_holm"] = p_holm
             frame.loc[rows.index[ok], "significant"] = reject
+    # a t-test on 2 seeds whose differences happen to agree gives a tiny p: never a verdict
+    frame.loc[frame["n_seeds"].fillna(0) < MIN_TEST_SEEDS, "significant"] = False
     return frame
 
 
@@ -323,7 +326,9 @@ def verdict(row: dict[str, Any]) -> str:
     if n < 2:
         return f"{head} {signed(row['diff'])}, {p_improve}, untested (n=1 seed: run more seeds)"
     ci = f"[{signed(row['ci_low'])}, {signed(row['ci_high'])}]"
-    if row["significant"]:
+    if n < MIN_TEST_SEEDS:
+        word = f"not called (a paired test needs >= {MIN_TEST_SEEDS} seeds)"
+    elif row["significant"]:
         word = "significantly better" if row["diff"] > 0 else "significantly worse"
     else:
         word = "not significant"

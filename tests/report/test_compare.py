@@ -200,6 +200,7 @@ def test_compare_experiment_text_and_files(uri: str, tmp_path: Path) -> None:
     assert "| BL | grid |" in text and "| PD | controller |" in text
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "anytime.png",
+        "losses.png",
         "methods.md",
         "seeds.png",
         "train_vs_val.png",

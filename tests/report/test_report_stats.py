@@ -116,3 +116,18 @@ def test_unknown_baseline_is_a_config_error(store_factory: Callable[..., str]) -
     uri = store_factory(paired_trials([0.0] * 2, BASE10[:2]), steps=False)
     with pytest.raises(ConfigError, match="no method 'XX' in this invocation; methods: BL, M"):
         compare_frame("exp", uri, baseline="XX")
+
+
+def test_two_seeds_are_never_called_significant() -> None:
+    """A t-test on 2 seeds whose differences happen to agree gives a tiny p; no verdict."""
+    import pandas as pd
+
+    from raytune_periodic.report.stats import _holm, verdict
+
+    frame = pd.DataFrame([{"method": "D", "baseline": "BL", "metric": "final_test_f1",
+                           "label": "final test F1", "n_seeds": 2, "diff": 0.044,
+                           "ci_low": 0.044, "ci_high": 0.044, "p_improve": 0.84,
+                           "p_value": 0.0019, "seeds_80": 2.0}])  # fmt: skip
+    row = _holm(frame).iloc[0].to_dict()
+    assert row["p_holm"] < 0.05 and not row["significant"]
+    assert "not called (a paired test needs >= 3 seeds)" in verdict(row)
