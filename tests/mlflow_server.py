@@ -41,6 +41,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_block(start: int, span: int = 130) -> int:
+    """A port ``p`` with ``p``, ``p + 1`` and ``p + 100 .. p + span`` free on 127.0.0.1 (a local
+    Ray cluster's port block), searched from ``start``."""
+    for base in range(start, 60000, 1000 + span):
+        socks = []
+        try:
+            for port in [base, base + 1, *range(base + 100, base + span)]:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -135,21 +134,9 @@ CONFIG: dict[str, Any] = {
 
 
 def _free_base_port(span: int = 130) -> int:
-    """A port ``p`` with ``p .. p + span`` free on 127.0.0.1 (the local cluster's port block)."""
-    for base in range(21000, 60000, 1000 + span):
-        try:
-            socks = []
-            for port in [base, base + 1, *range(base + 100, base + span)]:
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
+    from mlflow_server import free_port_block
+
+    return free_port_block(21000, span)  # each test file its own range: no overlap
 
 
 @pytest.fixture

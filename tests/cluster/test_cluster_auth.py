@@ -266,20 +266,9 @@ def test_mlflow_basic_auth_server_refuses_anonymous_clients(
 
 # ----------------------------------------------------------------------------- Ray cluster
 def _free_base_port(span: int = 130) -> int:
-    for base in range(31000, 60000, 1000 + span):
-        socks = []
-        try:
-            for port in [base, base + 1, *range(base + 100, base + span)]:
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
+    from mlflow_server import free_port_block
+
+    return free_port_block(31000, span)  # each test file its own range: no overlap
 
 
 @pytest.fixture
