@@ -15,7 +15,9 @@ class PeriodRecord:
 
     ``train_*`` average over the period's forward passes; ``val_*`` come from a few random
     validation mini-batches at the period's end; ``gap = train_f1 - val_f1`` (the overfitting gap).
-    ``full_val_*``/``test_*`` are set only on periods where an epoch ended (full evaluation,
+    ``train_eval_*`` (optional) evaluate a fixed training subset in eval mode, so ``eval_gap`` is
+    the gap with both F1s measured the same way (the paper's). ``full_val_*``/``test_*`` are set
+    only on periods where an epoch ended (full evaluation,
     independent of the controller).
     """
 
@@ -33,11 +35,22 @@ class PeriodRecord:
     full_val_f1: float | None = None
     test_loss: float | None = None
     test_f1: float | None = None
+    #: eval-mode (regularizers off) loss/F1 on a fixed, seeded training subset at the period's
+    #: end (``train.train_eval_samples``; None when not measured): the paper's train F1
+    train_eval_loss: float | None = None
+    train_eval_f1: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def gap(self) -> float:
         return self.train_f1 - self.val_f1
+
+    @property
+    def eval_gap(self) -> float:
+        """Train F1 measured in eval mode − val F1 (NaN when the subset was not evaluated)."""
+        if self.train_eval_f1 is None:
+            return math.nan
+        return self.train_eval_f1 - self.val_f1
 
     @property
     def epoch_ended(self) -> bool:
@@ -56,7 +69,16 @@ class PeriodRecord:
             "gap": self.gap,
             "period_seconds": self.seconds,
         }
-        for key in ("full_val_loss", "full_val_f1", "test_loss", "test_f1"):
+        if self.train_eval_f1 is not None:
+            out["eval_gap"] = self.eval_gap
+        for key in (
+            "full_val_loss",
+            "full_val_f1",
+            "test_loss",
+            "test_f1",
+            "train_eval_loss",
+            "train_eval_f1",
+        ):
             val = getattr(self, key)
             if val is not None:
                 out[key] = val

@@ -1,9 +1,19 @@
 """Rewards of a learning controller: one number per period from that period's record.
 
 Registry ``REWARDS`` (plugins by import path or entry point group ``raytune_periodic.rewards``):
-``gap`` (the periodic paper: ``−(train F1 − val F1)``), ``val_f1``, ``val_f1_delta`` (improvement
-over the previous period) and ``val_f1_minus_gap`` (``val F1 − λ·gap``). A reward is a small
-class: ``__init__(gap_lambda)``, ``__call__(record) -> float``, and ``state_dict`` /
+
+- ``gap`` — the periodic paper's ``−(train F1 − val F1)`` with train F1 as the paper means it:
+  measured in eval mode (regularizers off) on a fixed, seeded training subset at the period's end
+  (``record.eval_gap``; the engine evaluates the subset whenever the controller's reward needs
+  it). It cannot be gamed by regularizing harder: dropout/noise do not act on that measurement.
+- ``gap_train_mode`` — the same gap with train F1 averaged over the period's training passes, in
+  train mode under the very dropout/noise the agent chose: the largest rate closes it, so an
+  agent learns to over-regularize. Kept for comparison.
+- ``val_f1``, ``val_f1_delta`` (improvement over the previous period), ``val_f1_minus_gap``
+  (``val F1 − λ·gap_train_mode``, the digits configs' reward).
+
+A reward is a small class: ``__init__(gap_lambda)``, ``__call__(record) -> float``,
+``needs_train_eval`` (True: the engine must evaluate the training subset), and ``state_dict`` /
 ``load_state_dict`` when it keeps state across periods (exact restore).
 """
 
@@ -22,6 +32,7 @@ class Reward:
     """A period's reward from its record; may keep state (see ``val_f1_delta``)."""
 
     name = ""
+    needs_train_eval = False  #: reads ``record.train_eval_f1`` (the engine then measures it)
 
     def __init__(self, gap_lambda: float = 0.5) -> None:
         self.gap_lambda = gap_lambda
@@ -37,9 +48,19 @@ class Reward:
 
 
 class GapReward(Reward):
-    """The paper's: −(mean train F1 − mean val F1) over the period. Gamed by underfitting."""
+    """The paper's: −(train F1 − val F1), train F1 in eval mode on a fixed training subset."""
 
     name = "gap"
+    needs_train_eval = True
+
+    def __call__(self, record: PeriodRecord) -> float:
+        return -record.eval_gap
+
+
+class TrainModeGapReward(Reward):
+    """−(train F1 − val F1) with the period's train-mode F1: gamed by over-regularizing."""
+
+    name = "gap_train_mode"
 
     def __call__(self, record: PeriodRecord) -> float:
         return -record.gap
@@ -84,7 +105,7 @@ class ValF1MinusGapReward(Reward):
 
 
 REWARDS: Registry[type[Reward]] = Registry("reward")
-for _cls in (GapReward, ValF1Reward, ValF1DeltaReward, ValF1MinusGapReward):
+for _cls in (GapReward, TrainModeGapReward, ValF1Reward, ValF1DeltaReward, ValF1MinusGapReward):
     REWARDS.add(_cls.name, _cls)
 
 

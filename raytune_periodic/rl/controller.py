@@ -38,7 +38,8 @@ class PPOController(Controller):
         groups: ``{group: [low, high]}`` — one action dimension per group; glob patterns such as
             ``"dropout_*"`` expand to the matching per-layer groups. Ranges must lie inside the
             regularizer's valid range.
-        reward: one of ``gap`` (the paper), ``val_f1``, ``val_f1_delta``, ``val_f1_minus_gap``.
+        reward: a ``REWARDS`` name: ``gap`` (the paper's, train F1 in eval mode),
+            ``gap_train_mode``, ``val_f1``, ``val_f1_delta``, ``val_f1_minus_gap``.
         gap_lambda: λ of ``val_f1_minus_gap``.
         lr, gamma, gae_lambda, train_batch_size, minibatch_size, num_epochs, hidden,
         entropy_coeff: PPO settings (see :class:`raytune_periodic.rl.agent.PPOOptions`); the agent
@@ -108,6 +109,11 @@ class PPOController(Controller):
         return list(self.mdp.groups) if self.mdp is not None else list(self.ranges)
 
     @property
+    def needs_train_eval(self) -> bool:
+        """The reward reads the eval-mode training subset (the engine then measures it)."""
+        return bool(getattr(self.reward, "needs_train_eval", False))
+
+    @property
     def learning(self) -> bool:
         return self.agent_checkpoint is None
 
@@ -149,7 +155,7 @@ class PPOController(Controller):
         return mdp.values(action)
 
     def observe(self, record: PeriodRecord) -> None:
-        check_record(record)
+        check_record(record, reward=self.reward)
         reward = float(self.reward(record))
         record.extra["ppo/reward"] = reward
         if self.last_update:

@@ -22,10 +22,9 @@ samples an unbounded Gaussian; :meth:`MDP.values` squashes it with ``tanh`` into
 clipping: every raw action maps to a distinct value) and maps that linearly onto the group's
 ``[low, high]``, which must lie inside the regularizer's valid range.
 
-**Reward** of a period (registry ``REWARDS``): ``gap`` (the paper: ``−(train F1 − val F1)``),
-``val_f1``, ``val_f1_delta`` (improvement over the previous period) and ``val_f1_minus_gap``
-(``val F1 − λ·gap``). The gap alone is gamed by underfitting (maximal dropout closes the gap), so
-the val-F1 based rewards exist beside it.
+**Reward** of a period (registry ``REWARDS``, ``controllers/rewards.py``): ``gap`` (the paper:
+``−(train F1 − val F1)``, train F1 measured in eval mode on a fixed training subset), its gamed
+train-mode variant ``gap_train_mode``, ``val_f1``, ``val_f1_delta`` and ``val_f1_minus_gap``.
 
 **Episode** = one epoch of the child model: a period in which an epoch ended terminates the
 episode; the child keeps training into the next one.
@@ -175,9 +174,18 @@ class MDP:
 
 
 # --------------------------------------------------------------------------------------- rewards
-def check_record(record: PeriodRecord, field: str = "controller") -> None:
-    """The MDP needs validation mini-batches: a NaN val metric is a configuration error."""
+def check_record(
+    record: PeriodRecord, field: str = "controller", reward: Reward | None = None
+) -> None:
+    """The MDP needs validation mini-batches: a NaN val metric is a configuration error; so is
+    a reward that needs the eval-mode training subset on a record without it."""
     if not (math.isfinite(record.val_f1) and math.isfinite(record.train_f1)):
         raise ConfigError(
             field, "the ppo controller needs validation mini-batches: set train.val_batches >= 1"
+        )
+    if reward is not None and reward.needs_train_eval and record.train_eval_f1 is None:
+        raise ConfigError(
+            f"{field}.reward",
+            f"{reward.name!r} needs train F1 in eval mode: set train.train_eval_samples"
+            " (-1: as many as the validation mini-batches)",
         )
