@@ -8,11 +8,13 @@ continue exactly.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset, default_collate
 
 
 def _epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -86,38 +88,94 @@ class TensorBatches(BatchSource):
         return self.x.index_select(0, idx), self.y.index_select(0, idx)
 
 
+class _Batched(Dataset):
+    """A dataset indexed by whole mini-batches: ``ds.batch(indices)`` where the dataset has it
+    (``ImageFiles``: one vectorised standardisation), else its items collated."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, indices: list[int]) -> Any:
+        batch = getattr(self.dataset, "batch", None)
+        if batch is not None:
+            return batch(indices)
+        return default_collate([self.dataset[i] for i in indices])
+
+
+class _Order(Sampler):
+    """The source's order from where it stands now, endless: the rest of this epoch, then the
+    epochs its generator will draw (a copy of the generator, so the source draws them again)."""
+
+    def __init__(self, source: BatchSource) -> None:
+        self.source = source
+
+    def __iter__(self) -> Iterator[list[int]]:
+        src = self.source
+        gen = torch.Generator().manual_seed(0)
+        gen.set_state(src.gen.get_state())
+        yield from (b.tolist() for b in src.batches[src.pos :])
+        while True:
+            yield from (b.tolist() for b in _epoch_batches(src.n, src.batch_size, gen))
+
+
+def _seed_worker(worker_id: int) -> None:
+    """numpy and ``random`` in a worker seeded from its torch seed (which the loader's seeded
+    generator fixes), so any randomness in a dataset repeats from run to run."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 class StreamBatches(BatchSource):
-    """Mini-batches streamed by a DataLoader (``num_workers`` processes) over the same order."""
+    """Mini-batches streamed over the same seeded order by one DataLoader, created once.
+
+    The loader's sampler is endless (:class:`_Order`), so epochs follow each other without a new
+    loader or new worker processes; with ``num_workers > 0`` workers are persistent (they survive
+    a restore), prefetch ``prefetch`` batches each and are seeded deterministically; with CUDA,
+    batches come in pinned memory and are copied asynchronously.
+    """
 
     def __init__(
-        self, dataset: Dataset, batch_size: int, seed: int, device: torch.device, num_workers: int
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        num_workers: int,
+        prefetch: int = 4,
     ) -> None:
         super().__init__(dataset, batch_size, seed, device)
         self.num_workers = num_workers
-        self._it: Iterator[Any] | None = None
-
-    def _loader(self) -> Iterator[Any]:
-        order = [b.tolist() for b in self.batches[self.pos :]]
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=order,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
+        extra: dict[str, Any] = {}
+        if num_workers > 0:
+            extra = {"persistent_workers": True, "prefetch_factor": prefetch}
+            extra["worker_init_fn"] = _seed_worker
+        self.loader = DataLoader(
+            _Batched(dataset),
+            sampler=_Order(self),
+            batch_size=None,  # the sampler yields whole mini-batches of indices
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed + 104729),
+            **extra,
         )
-        return iter(loader)
+        self._it: Iterator[Any] | None = None
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._it is None:
-            self._it = self._loader()
+            self._it = iter(self.loader)
         x, y = next(self._it)
         self._advance()
-        if self.pos == 0:
-            self._it = None  # a new epoch: new order
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        self._it = None  # the order restarts from the restored position
+
+    def close(self) -> None:
+        """Stop the workers now (they also stop when this object is garbage-collected)."""
         self._it = None
+        self.loader = None  # type: ignore[assignment]
 
 
 def make_batches(
@@ -129,6 +187,14 @@ def make_batches(
     return StreamBatches(dataset, batch_size, seed, device, num_workers)
 
 
+def _stream_eval(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
+    order = [
+        list(range(i, min(i + batch_size, len(dataset))))
+        for i in range(0, len(dataset), batch_size)
+    ]  # type: ignore[arg-type]
+    return DataLoader(_Batched(dataset), sampler=order, batch_size=None, num_workers=num_workers)
+
+
 def iterate_eval(
     dataset: Dataset, batch_size: int, device: torch.device, num_workers: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -138,5 +204,27 @@ def iterate_eval(
         for i in range(0, len(y), batch_size):
             yield x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         return
-    for x, y in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
+    for x, y in _stream_eval(dataset, batch_size, num_workers):
         yield x.to(device), y.to(device)
+
+
+def in_memory(
+    dataset: Dataset,
+    device: torch.device,
+    max_bytes: int,
+    num_workers: int = 0,
+    batch_size: int = 512,
+) -> Dataset:
+    """``dataset`` as a TensorDataset on ``device``: a streamed one decoded once when its inputs
+    take at most ``max_bytes`` (evaluation sets, which every epoch end would decode again),
+    else returned as it is. The tensors equal the streamed items (same decode, same order)."""
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(*(t.to(device) for t in dataset.tensors))
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0 or max_bytes <= 0:
+        return dataset
+    first = torch.as_tensor(dataset[0][0])
+    if n * first.numel() * first.element_size() > max_bytes:
+        return dataset
+    xs, ys = zip(*_stream_eval(dataset, batch_size, num_workers), strict=True)
+    return TensorDataset(torch.cat(xs).to(device), torch.cat(ys).to(device))
