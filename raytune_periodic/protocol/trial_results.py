@@ -19,6 +19,11 @@ WALL = "rp_wall"  #: wall-clock time at the end of the step (benchmarks measure 
 DONOR_TRIAL = "rp_donor_trial"  #: set once after a PBT exploit: whose checkpoint was restored
 DONOR_PERIOD = "rp_donor_period"  #: ... and the donor's last period in it
 DONE = "done"  #: Tune's own stop flag
+PERIODS = "rp_periods"  #: periods the trial has run (PBT's time attribute; iterations vary)
+#: ``ppo_shared``: JSON list, per child ``{"child", "records", "status", "done"}`` — each child is
+#: a trial run of its own (trial id ``<tune trial id>-c<k>``)
+CHILDREN = "rp_children"
+AGENT = "rp_agent"  #: ``ppo_shared``: JSON list of the agent's updates in this iteration
 
 #: files in a trial checkpoint directory
 ENGINE_FILE = "engine.pt"  #: the period engine's exact state (``PeriodTrainable``)
@@ -29,7 +34,7 @@ AGENT_DIR = "agent"  #: a learning controller's exported agent, next to the engi
 #: keys inside the engine state a trainable adds to ``PeriodEngine.state_dict()``
 STATE_TRIAL_ID = "rp_trial_id"
 STATE_FULL_VAL_LAST = "rp_full_val_last"
-STATE_HISTORY = "rp_history"
+STATE_HISTORY = "rp_history"  #: only in old checkpoints: history now lives beside them
 
 #: driver state of an experiment (``<storage>/<name>/``)
 DRIVER_STATE_FILE = "rp_state.json"

@@ -312,6 +312,22 @@ class PPOAgent:
         """Write an agent checkpoint folder (RLModule checkpoint + our JSON metadata)."""
         return export_module(self.module, path, meta, self.options)
 
+    def warm_start(self, path: str | Path, meta: Mapping[str, Any], field: str) -> None:
+        """Start learning from an agent checkpoint's policy and value weights (fresh Adam)."""
+        saved = read_agent_meta(path, field)
+        check_agent_meta(saved, meta, field)
+        hidden = tuple(saved.get("ppo", {}).get("hidden", self.options.hidden))
+        if hidden != tuple(self.options.hidden):
+            raise ConfigError(
+                field, f"agent checkpoint has hidden sizes {list(hidden)}, this run"
+                f" {list(self.options.hidden)}"
+            )  # fmt: skip
+        from ray.rllib.core.rl_module.rl_module import RLModule
+
+        loaded = RLModule.from_checkpoint(str(Path(path).resolve()))
+        with one_thread():
+            self.module.set_state(loaded.get_state())
+
     @classmethod
     def load(cls, path: str | Path, meta: Mapping[str, Any], field: str) -> PPOAgent:
         """Load an inference-only agent; a layout that differs from ``meta`` is a ConfigError."""

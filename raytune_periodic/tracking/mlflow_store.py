@@ -382,3 +382,24 @@ class MlflowStore(RunWritesMixin):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ------------------------------------------------------------------ named series
+    def log_series(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
+        """One ``log_batch`` at ``step`` with no per-run step bookkeeping: for series the caller
+        de-duplicates itself (a shared PPO agent's updates, one series per seed on the method
+        run), read back with :meth:`series_last_step`."""
+        batch = [[metric_key(k), float(v), now_ms(), int(step)] for k, v in metrics.items()]
+        self._log_metrics({"op": "log_batch", "run": run_id, "metrics": batch, "step": int(step)})
+
+    def series_last_step(self, run_id: str, metric: str) -> int:
+        """The largest stored step of ``metric`` on the run (−1: none, or unreadable now)."""
+        self.flush(strict=False)
+        if is_placeholder(run_id) and self.spool.resolve(run_id) is None:
+            return -1
+        try:
+            history = self.client.get_metric_history(self._real(run_id), metric_key(metric))
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            return -1
+        return max((m.step for m in history), default=-1)

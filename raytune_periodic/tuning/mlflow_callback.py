@@ -76,11 +76,13 @@ class MlflowCallback(Callback):
         self.new_invocation = new_invocation
         self._store: Any = None
         self._trials: dict[str, _TrialLog] = {}
+        self._children: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_store"] = None
         state["_trials"] = {}
+        state["_children"] = None
         state["new_invocation"] = False  # restored (Tuner.restore): re-attach to existing runs
         return state
 
@@ -96,10 +98,13 @@ class MlflowCallback(Callback):
 
     # ------------------------------------------------------------------ trial runs
     def _trial(self, trial: Any) -> _TrialLog:
-        log = self._trials.get(trial.trial_id)
+        return self._open(trial.trial_id, trial.config)
+
+    def _open(self, trial_id: str, config: Any) -> _TrialLog:
+        """The trial run of ``trial_id`` (created, or re-attached with its logged history)."""
+        log = self._trials.get(trial_id)
         if log is not None:
             return log
-        config = trial.config
         rp = config["rp"]
         spec = trial_spec(config)
         static = {k: v for k, v in spec.items() if k != "controller" or not config.get("values")}
@@ -118,7 +123,7 @@ class MlflowCallback(Callback):
             TAG_REPLICATE: str(rp.get("replicate", 0)),
         }
         run_id = self.store.start_trial(
-            self.method_run_id, self.invocation_id, self.method, trial.trial_id, params, tags
+            self.method_run_id, self.invocation_id, self.method, trial_id, params, tags
         )
         log = _TrialLog(run_id=run_id)
         history = self.store.history_records(run_id)
@@ -126,16 +131,22 @@ class MlflowCallback(Callback):
             log.records = history
             log.last_step = int(history[-1]["step"])
             log.offset = log.last_step - int(history[-1]["period"])
-        self._trials[trial.trial_id] = log
+        self._trials[trial_id] = log
         return log
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._trial(trial)
+        if not is_shared(trial):  # a shared agent's children are opened with their results
+            self._trial(trial)
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
-        log = self._trial(trial)
+        if is_shared(trial):
+            self.children.on_result(trial, result)
+            return
+        self._log_records(self._trial(trial), result)
+
+    def _log_records(self, log: _TrialLog, result: dict) -> None:
         records = json.loads(result.get(R.RECORDS) or "[]")
         donor = result.get(R.DONOR_TRIAL)
         for i, rec in enumerate(records):
@@ -154,7 +165,19 @@ class MlflowCallback(Callback):
         if result.get(R.STATUS) == STATUS_DIVERGED:
             log.status = STATUS_DIVERGED
 
+    @property
+    def children(self) -> Any:
+        """The ``ppo_shared`` side: child trial runs and the agent's series (built lazily)."""
+        if self._children is None:
+            from raytune_periodic.tuning.shared_logging import SharedAgentLogging
+
+            self._children = SharedAgentLogging(self)
+        return self._children
+
     def _finish(self, trial: Any, status: str) -> None:
+        if is_shared(trial):
+            self.children.finish(trial, status)
+            return
         log = self._trial(trial)
         if log.finished:
             return
@@ -187,8 +210,12 @@ class MlflowCallback(Callback):
         """Also complete trial runs whose Tune trial finished in an earlier driver that died
         before their end reached MLflow (``--resume`` restores them as finished)."""
         for trial in trials:
-            done = self._trials.get(trial.trial_id)
-            if trial.status in ("TERMINATED", "ERROR") and (done is None or not done.finished):
+            if is_shared(trial):
+                finished = self.children.finished(trial)
+            else:
+                done = self._trials.get(trial.trial_id)
+                finished = done is not None and done.finished
+            if trial.status in ("TERMINATED", "ERROR") and not finished:
                 self._complete_from_tune(trial)
         if self._store is not None:
             self._store.flush()
@@ -196,6 +223,11 @@ class MlflowCallback(Callback):
     def _complete_from_tune(self, trial: Any) -> None:
         """Replay the trial's results from Tune's ``result.json`` (steps already in MLflow are
         skipped) and finish its run, unless MLflow already has its end."""
+        if is_shared(trial):
+            for result in _tune_results(getattr(trial, "local_path", None)):
+                self.on_trial_result(0, [], trial, result)
+            self._finish(trial, STATUS_OK if trial.status == "TERMINATED" else STATUS_ERROR)
+            return
         log = self._trial(trial)
         if self._run_status(log.run_id) not in (None, STATUS_RUNNING):
             log.finished = True
@@ -211,6 +243,11 @@ class MlflowCallback(Callback):
             return self.store.client.get_run(run_id).data.tags.get(TAG_STATUS)
         except Exception:  # noqa: BLE001 - unreadable now: treat as unknown, finish it
             return None
+
+
+def is_shared(trial: Any) -> bool:
+    """A ``ppo_shared`` trial: an agent and its children, each child a trial run."""
+    return "shared" in trial.config.get("rp", {})
 
 
 def _tune_results(trial_dir: str | None) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,8 @@ def run_experiment(
     """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table
     start = time.perf_counter()
+    if not (address or os.environ.get("RAY_ADDRESS")):  # a local Ray: refuse before it starts
+        check_resources(cfg, local_resources(cfg.tune["num_cpus"]), "this machine")
     storage = Path(storage_path or cfg.tune["storage_path"] or "runs/ray_results").absolute()
     state = DriverState(storage / cfg.name)
     state.acquire()
@@ -181,6 +183,27 @@ def _quiet_snapshot_warnings() -> Iterator[None]:
             )
 
 
+def local_resources(num_cpus: int | None) -> dict[str, float]:
+    """What a local Ray started by ``run`` will have."""
+    import torch
+
+    cpus = num_cpus or os.cpu_count() or 1
+    return {"CPU": float(cpus), "GPU": float(torch.cuda.device_count())}
+
+
+def check_resources(cfg: ExperimentConfig, available: Mapping[str, float], where: str) -> None:
+    """A method one of whose trials needs more than ``available`` is a one-line error."""
+    for name, plan in cfg.plan.items():
+        need = plan.method.resource_demand(cfg.tune["resources"])
+        for res, amount in need.items():
+            have = float(available.get(res, 0.0))
+            if amount > have + 1e-9:
+                raise ConfigError(
+                    f"methods.{name}",
+                    f"one trial needs {amount:g} {res} (agent + children), {where} has {have:g}",
+                )
+
+
 def _run_locked(
     cfg: ExperimentConfig,
     state: DriverState,
@@ -199,7 +222,8 @@ def _run_locked(
     state.save()
     store = MlflowStore(uri, cfg.mlflow_experiment)
     inv_run = _start_invocation(cfg, state, uri, store)
-    start_ray(address, cfg.tune["num_cpus"], plugin_modules(cfg.plugins))
+    ray = start_ray(address, cfg.tune["num_cpus"], plugin_modules(cfg.plugins))
+    check_resources(cfg, ray.cluster_resources(), "the Ray cluster")
     inv_id = state.data["invocation_id"]
     outcome = RunOutcome(inv_id, uri, cfg.mlflow_experiment, str(state.dir))
     ctx = {"uri": uri, "invocation_id": inv_id, "method_runs": {}, "progress": progress}

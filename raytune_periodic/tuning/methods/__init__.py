@@ -16,6 +16,8 @@ optuna            Optuna's TPE sampler through ``OptunaSearch``, one search per 
 pbt               ``PopulationBasedTraining``: a population of ``trials`` per seed whose values
                   are mutated every ``perturbation_interval`` iterations, weights exploited
 pb2               ``PB2`` (GP-bandit explore, scikit-learn), same shape as pbt
+ppo_shared        one RLlib PPO agent per seed acting for, and learning from, all ``trials``
+                  children of the seed (each child a trial run)
 surrogate_de/pso  the surrogate paper's Algorithm 1 (DE/rand/1/bin or PSO on the surrogate)
 surrogate_ga      Table 5's EA-based row: Algorithm 1 with a GA (tournament 2) on the surrogate
 rbf_surrogate     Table 5's RBF-based row: HORD's RBF surrogate over full trainings
@@ -42,6 +44,7 @@ for _name, _path in {
     "optuna": "values:OptunaMethod",
     "pbt": "pbt:PBTMethod",
     "pb2": "pbt:PB2Method",
+    "ppo_shared": "shared_ppo:SharedPPOMethod",
     "surrogate_de": "surrogate:SurrogateDE",
     "surrogate_pso": "surrogate:SurrogatePSO",
     "surrogate_ga": "surrogate:SurrogateGA",

@@ -150,8 +150,8 @@ class SearchMethod:
         """Keyword arguments for ``tune.TuneConfig`` beyond metric/mode."""
         return {"num_samples": 1}
 
-    def checkpoint_keep(self) -> int | None:
-        """``CheckpointConfig.num_to_keep``: None keeps all (exploits need donors' checkpoints)."""
+    def checkpoint_keep(self, checkpoint_every: int = 0) -> int | None:
+        """``CheckpointConfig.num_to_keep`` (``checkpoint_every``: ``tune.checkpoint_every``)."""
         return 2
 
     def searched_groups(self) -> list[str]:
@@ -173,6 +173,12 @@ class SearchMethod:
     def static_params(self) -> dict[str, Any]:
         """Method options logged once as MLflow params of the method run."""
         return dict(self.entry)
+
+    def resource_demand(self, resources: Mapping[str, float]) -> dict[str, float]:
+        """Resources one trial reserves beyond Tune's usual check (``{"CPU": n, "GPU": g}``);
+        the runner refuses a method whose one trial needs more than the cluster has, before
+        Ray starts on a laptop. Empty: nothing to check."""
+        return {}
 
     def trainable(self, resources: Mapping[str, float]) -> Any:
         """The Tune trainable (with its resources) that runs this method's trials.
