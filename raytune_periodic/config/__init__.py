@@ -15,7 +15,7 @@ Shape (every key optional unless marked)::
       D:  {search: grid, grid: {dropout: [0.1, 0.3, 0.5, 0.7]}}
       PD: {controller: {type: periodic_random, ranges: {dropout: [0.0, 0.7]}}}
       PBT: {search: pbt, space: {dropout: [0.0, 0.7]}, perturbation_interval: 5}
-    tune: {iteration_periods: 1, checkpoint_every: 5, max_concurrent: 0,
+    tune: {iteration_periods: auto, checkpoint_every: 5, max_concurrent: 0,
            resources: {cpu: 1, gpu: 0}, max_failures: 2, metric: objective, storage_path: null,
            reuse_actors: true,        # false: a fresh worker process per trial (Ray places each)
            tensorboard: false}        # true: also Tune's TensorBoard logs (MLflow has it all)

@@ -28,7 +28,7 @@ TOP_KEYS = {"name", "seeds", "budget", "base", "methods", "tune", "mlflow", "des
 BUDGET_KEYS = {"periods", "trials"}
 MAX_PERIODS, MAX_TRIALS, MAX_SEEDS = 1_000_000, 10_000, 1_000
 TUNE_DEFAULTS: dict[str, Any] = {
-    "iteration_periods": 1,
+    "iteration_periods": "auto",  #: periods per Tune iteration; auto: iterations of ~1 s
     "checkpoint_every": 5,
     "max_concurrent": 0,
     "resources": {"cpu": 1, "gpu": 0},
@@ -40,7 +40,13 @@ TUNE_DEFAULTS: dict[str, Any] = {
     "reuse_actors": True,
     "tensorboard": False,
 }
-MLFLOW_DEFAULTS: dict[str, Any] = {"tracking_uri": None, "experiment": None}
+MLFLOW_DEFAULTS: dict[str, Any] = {
+    "tracking_uri": None,
+    "experiment": None,
+    "log_models": "selected",
+}
+#: ``mlflow.log_models``: which trials' weights become MLflow models (tracking/models.py)
+LOG_MODELS = ("selected", "all", "none")
 #: experiment names become MLflow experiment names, Tune folders and spool file names
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 METHOD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -92,7 +98,8 @@ def check_budget(data: Mapping[str, Any]) -> tuple[int, int]:
 def check_tune(data: Mapping[str, Any], periods: int) -> dict[str, Any]:
     tune = {**TUNE_DEFAULTS, **mapping(section(data, "tune", {}), "tune")}
     known_keys(tune, TUNE_DEFAULTS, "tune")
-    integer(tune["iteration_periods"], "tune.iteration_periods", 1, periods)
+    if tune["iteration_periods"] != "auto":
+        integer(tune["iteration_periods"], "tune.iteration_periods", 1, periods)
     integer(tune["checkpoint_every"], "tune.checkpoint_every", 0)
     integer(tune["max_concurrent"], "tune.max_concurrent", 0)
     integer(tune["max_failures"], "tune.max_failures", -1)
@@ -103,7 +110,7 @@ def check_tune(data: Mapping[str, Any], periods: int) -> dict[str, Any]:
         string(tune["storage_path"], "tune.storage_path")
     boolean(tune["reuse_actors"], "tune.reuse_actors")
     boolean(tune["tensorboard"], "tune.tensorboard")
-    if periods % tune["iteration_periods"]:
+    if tune["iteration_periods"] != "auto" and periods % tune["iteration_periods"]:
         raise ConfigError(
             "tune.iteration_periods",
             f"must divide budget.periods ({periods}), got {tune['iteration_periods']}",
@@ -124,6 +131,7 @@ def check_mlflow(data: Mapping[str, Any]) -> dict[str, Any]:
         string(mlflow["tracking_uri"], "mlflow.tracking_uri")
     if mlflow["experiment"] is not None:
         safe_name(mlflow["experiment"], "mlflow.experiment")
+    choice(mlflow["log_models"], "mlflow.log_models", LOG_MODELS)
     return mlflow
 
 

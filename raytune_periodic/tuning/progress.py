@@ -67,9 +67,7 @@ class CompactProgress(ProgressReporter):
         now = time.monotonic() if now is None else now
         counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
         total = max(len(trials), self.total_trials or 0)
-        done_periods = sum(
-            min(self.periods_per_trial, _iterations(t) * self.iteration_periods) for t in trials
-        )
+        done_periods = sum(min(self.periods_per_trial, self._periods(t)) for t in trials)
         all_periods = total * self.periods_per_trial
         scores = [_score(t) for t in trials]
         best = max((s for s in scores if s is not None), default=None)
@@ -81,6 +79,14 @@ class CompactProgress(ProgressReporter):
             f"best objective {'-' if best is None else f'{best:.3f}'} | {_clock(elapsed)} "
             f"elapsed" + ("" if eta is None else f", ETA {_clock(eta)}")
         )
+
+    def _periods(self, trial: Any) -> int:
+        """Periods a trial has run: its ``rp_periods`` (iterations vary in length with
+        ``iteration_periods: auto``), else iterations × ``iteration_periods``."""
+        periods = (getattr(trial, "last_result", None) or {}).get("rp_periods")
+        if isinstance(periods, int | float):
+            return int(periods)
+        return _iterations(trial) * self.iteration_periods
 
     def report(self, trials: list[Any], done: bool, *sys_info: str) -> None:
         self.last = time.monotonic()

@@ -44,8 +44,10 @@ def trial_rp(cfg: ExperimentConfig, plan: MethodPlan) -> dict[str, Any]:
         "spec": spec,
         "periods": cfg.periods,
         "iteration_periods": cfg.tune["iteration_periods"],
+        "checkpoint_every": cfg.tune["checkpoint_every"],
         "threads": max(1, int(cfg.tune["resources"].get("cpu", 1))),
         "plugins": cfg.plugins,
+        "log_models": cfg.mlflow.get("log_models", "selected"),  # tracking/models.py (#16)
     }
 
 
@@ -91,8 +93,24 @@ def reporter(cfg: ExperimentConfig, job: TunerJob, progress: str) -> Any:
 
 
 def _iteration_periods(job: TunerJob, cfg: ExperimentConfig) -> int:
-    """Periods per Tune iteration (the surrogate searches: one Algorithm 1 iteration)."""
-    return int(cfg.tune["iteration_periods"]) if job.plan.method.runs_engine else 1
+    """Periods per Tune iteration (the surrogate searches: one Algorithm 1 iteration; ``auto``:
+    1, the progress line counts the trials' ``rp_periods`` then)."""
+    batch = cfg.tune["iteration_periods"]
+    return int(batch) if job.plan.method.runs_engine and batch != "auto" else 1
+
+
+def checkpoint_config(cfg: ExperimentConfig, method: Any, trainable: Any) -> Any:
+    """Tune's ``CheckpointConfig``: a trainable that checkpoints by period (``PeriodTrainable``
+    asks Tune every ``checkpoint_every`` periods) gets no iteration-based frequency."""
+    from ray import tune
+
+    every = int(cfg.tune["checkpoint_every"])
+    by_period = getattr(trainable, "checkpoints_by_period", False)
+    return tune.CheckpointConfig(
+        checkpoint_frequency=0 if by_period else every,
+        checkpoint_at_end=True,
+        num_to_keep=method.checkpoint_keep(checkpoint_every=every),
+    )
 
 
 def build_tuner(
@@ -112,6 +130,11 @@ def build_tuner(
         )
     method = job.plan.method
     random.seed(job.seeds[0])  # PBT's explore draws from Python's random module
+    extra = method.tune_config(job.seeds[0])
+    limit = cfg.tune["max_concurrent"] or None
+    if limit and hasattr(extra.get("search_alg"), "max_concurrent"):
+        extra["search_alg"].max_concurrent = limit  # Tune ignores the limit with a generator
+        limit = None
     return tune.Tuner(
         trainable,
         param_space=method.param_space(trial_rp(cfg, job.plan), job.seeds),
@@ -119,8 +142,8 @@ def build_tuner(
             metric=cfg.tune["metric"],
             mode="max",
             reuse_actors=cfg.tune["reuse_actors"],
-            max_concurrent_trials=cfg.tune["max_concurrent"] or None,
-            **method.tune_config(job.seeds[0]),
+            max_concurrent_trials=limit,
+            **extra,
         ),
         run_config=tune.RunConfig(
             name=job.path.name,
@@ -129,10 +152,6 @@ def build_tuner(
             verbose=0 if progress == "none" else max(1, cfg.tune["verbose"]),
             progress_reporter=None if progress == "none" else reporter(cfg, job, progress),
             failure_config=tune.FailureConfig(max_failures=cfg.tune["max_failures"]),
-            checkpoint_config=tune.CheckpointConfig(
-                checkpoint_frequency=cfg.tune["checkpoint_every"],
-                checkpoint_at_end=True,
-                num_to_keep=method.checkpoint_keep(),
-            ),
+            checkpoint_config=checkpoint_config(cfg, method, trainable),
         ),
     )

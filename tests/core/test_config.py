@@ -172,7 +172,7 @@ BROKEN = [
 def test_good_config_validates() -> None:
     cfg = validate_config(GOOD)
     assert cfg.name == "t" and cfg.trials == 2 and list(cfg.methods) == list(GOOD["methods"])
-    assert cfg.raw["tune"]["iteration_periods"] == 1  # defaults resolved
+    assert cfg.raw["tune"]["iteration_periods"] == "auto"  # defaults resolved
 
 
 @pytest.mark.parametrize(("case", "cfg", "field"), BROKEN, ids=[b[0] for b in BROKEN])

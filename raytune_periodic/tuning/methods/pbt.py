@@ -1,5 +1,10 @@
 """``pbt`` / ``pb2``: a population of ``trials`` per seed whose values are mutated every
-``perturbation_interval`` iterations, weights exploited from the better members.
+``perturbation_interval`` periods, weights exploited from the better members.
+
+PBT's time attribute is the trial's period count (``rp_periods``), not Tune's iteration (which
+holds a varying number of periods with ``iteration_periods: auto``), and every trial gets
+``rp.align`` = the interval, so no iteration crosses a perturbation boundary. A trial keeps the
+checkpoints an exploit can still need (``checkpoint_keep``), not all of them.
 
 Synchronous by default (every member runs exactly ``budget.periods`` periods; async PBT can clone
 a donor's older checkpoint and re-run periods), with the deadlock guards of ``pbt_sync.py``.
@@ -13,6 +18,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+from raytune_periodic.protocol.trial_results import PERIODS
 from raytune_periodic.tuning.methods.values import ValueSearch
 from raytune_periodic.validation import boolean, fraction, integer
 
@@ -66,8 +72,8 @@ class PBTMethod(ValueSearch):
 
     def _common(self) -> dict[str, Any]:
         return {
-            "time_attr": "training_iteration",  # metric/mode come from TuneConfig
-            "perturbation_interval": int(self.entry.get("perturbation_interval", 5)),
+            "time_attr": PERIODS,  # metric/mode come from TuneConfig
+            "perturbation_interval": self.interval,
             "quantile_fraction": float(self.entry.get("quantile_fraction", 0.25)),
             "synch": bool(self.entry.get("synch", True)),
             "custom_explore_fn": make_clip_explore(
@@ -84,11 +90,32 @@ class PBTMethod(ValueSearch):
             **self._common(),
         )
 
-    def tune_config(self, seed: int) -> dict[str, Any]:
-        return {"num_samples": self.trials, "scheduler": self.scheduler()}
+    @property
+    def interval(self) -> int:
+        """The perturbation interval, in periods."""
+        return int(self.entry.get("perturbation_interval", 5))
 
-    def checkpoint_keep(self) -> int | None:
-        return None  # a clone restores its donor's checkpoint of the exploit's iteration
+    def extra_rp(self) -> dict[str, Any]:
+        return {"align": self.interval}  # iterations end on perturbation boundaries
+
+    def tune_config(self, seed: int) -> dict[str, Any]:
+        from raytune_periodic.tuning.pbt_sync import KeepPausedActors
+
+        scheduler = self.scheduler()
+        return {
+            "num_samples": self.trials,
+            "scheduler": scheduler,
+            "search_alg": KeepPausedActors(scheduler),
+        }
+
+    def checkpoint_keep(self, checkpoint_every: int = 0) -> int | None:
+        """What an exploit can still need. A donor's exploited checkpoint is its save at a
+        perturbation; before the clone restores it, the donor saves at most every checkpoint
+        of one interval (``ceil(interval / checkpoint_every)``, one per iteration at most)
+        plus its pause at the next barrier (synchronous PBT waits there for the clone);
+        one more for its end-of-trial save."""
+        periodic = -(-self.interval // checkpoint_every) if checkpoint_every > 0 else 0
+        return periodic + 3
 
 
 class PB2Method(PBTMethod):
