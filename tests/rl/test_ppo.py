@@ -73,9 +73,14 @@ def test_observation_is_bounded_and_actions_land_inside_the_bounds() -> None:
 
 
 def test_rewards() -> None:
-    assert REWARDS.names() == ["gap", "val_f1", "val_f1_delta", "val_f1_minus_gap"]
-    r1, r2 = record(0, {}, 0.7, train_f1=0.9), record(1, {}, 0.75, train_f1=0.85)
-    assert make_reward("gap")(r1) == pytest.approx(-0.2)
+    names = ["gap", "gap_train_mode", "val_f1", "val_f1_delta", "val_f1_minus_gap"]
+    assert REWARDS.names() == names
+    r1 = record(0, {}, 0.7, train_f1=0.9, train_eval_f1=0.8)
+    r2 = record(1, {}, 0.75, train_f1=0.85)
+    # the paper's gap uses train F1 measured in eval mode; the train-mode one is kept apart
+    assert make_reward("gap")(r1) == pytest.approx(-0.1)
+    assert make_reward("gap").needs_train_eval and not make_reward("val_f1").needs_train_eval
+    assert make_reward("gap_train_mode")(r1) == pytest.approx(-0.2)
     assert make_reward("val_f1")(r1) == pytest.approx(0.7)
     assert make_reward("val_f1_minus_gap", gap_lambda=2.0)(r1) == pytest.approx(0.7 - 0.4)
     delta = make_reward("val_f1_delta")
