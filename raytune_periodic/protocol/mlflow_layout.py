@@ -78,6 +78,15 @@ SCHEDULE_ARTIFACT = "schedule.csv"
 PBT_EVENTS_ARTIFACT = "pbt_events.csv"
 CONFIG_ARTIFACT = "config.yaml"
 AGENT_ARTIFACT = "agent"
+#: trial runs: the run spec the trial trained (JSON), logged at every trial's end
+SPEC_ARTIFACT = "rp_spec.json"
+#: trial runs: MLflow PyTorch models (``mlflow.pytorch``, pt2 graph) of the best-validation-epoch
+#: and the last weights; each folder's ``extra_files/`` holds MODEL_WEIGHTS_FILE, MODEL_INFO_FILE
+MODEL_ARTIFACTS = {"best": "model/best", "last": "model/last"}
+MODEL_WEIGHTS_FILE = "state_dict.pt"  #: plain state dict, loadable with weights_only=True
+MODEL_INFO_FILE = "rp_model.json"  #: spec, values in force, class names, input shape, layout
+MODEL_LAYOUT = 1  #: version of the model artifact layout (export refuses others)
+TAG_MODELS = "rp.models"  #: trial runs: the model artifacts logged, e.g. ``best,last``
 
 
 def tag_filter(tags: dict[str, str]) -> str:

@@ -205,6 +205,10 @@ class DeliveryMixin:
             self.client.log_text(run_id, op["text"], op["path"])
         elif kind == "dedupe":
             self._dedupe(run_id, tuple(op["key"]))
+        elif kind == "log_models":  # tracking/models.py: a trial's weights as MLflow models
+            from raytune_periodic.tracking.models import apply_log_models
+
+            apply_log_models(self.client, run_id, op)
         elif kind == "exploit_event":
             self._exploit_event(run_id, [str(x) for x in op["row"]])
         elif kind == "finish_trial":

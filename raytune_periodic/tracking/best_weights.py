@@ -1,0 +1,172 @@
+"""A trial's best-validation-epoch weights, kept by the trial worker and written into each
+checkpoint in a safe format (torch + json only: imported by the Ray worker, no MLflow).
+
+"Best" is the rule ``tracking.summarize`` (and so ``compare``'s ``test_f1_at_best``) uses: the
+first epoch-end evaluation whose ``full_val_f1`` is the trial's maximum (a later equal value does
+not replace it; non-finite values never count). The weights are copied (to the CPU) right after
+that evaluation, before the rest of the period trains on: the engine's ``_epoch_evaluation`` is
+wrapped on the instance, so the logged model is exactly the one that scored ``best_val_f1`` and
+``test_f1_at_best``. An engine without that method gets period-end snapshots instead.
+
+Checkpoint files (written by ``PeriodTrainable.save_checkpoint`` through ``save``):
+
+- ``rp_best_model.pt`` / ``rp_last_model.pt``: plain state dicts (weights-only loadable);
+- ``rp_models.json``: the owner trial, the best epoch's F1/period/values, the last period's
+  values, the model's input shape, class count and class names, and whether the best covers the
+  trial's whole timeline (``complete``: false after a PBT exploit restored in a fresh actor, when
+  the trial's own earlier best was not in memory any more).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import torch
+
+BEST_FILE = "rp_best_model.pt"
+LAST_FILE = "rp_last_model.pt"
+META_FILE = "rp_models.json"
+LOG_MODELS_KEY = "log_models"  #: ``config["rp"]`` key: selected | all | none
+LOG_MODELS_CHOICES = ("selected", "all", "none")
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def class_names(data: Any) -> list[str]:
+    """The dataset's class names when it has them (``classes``), else ``"0"``..``"C-1"``."""
+    for obj in (data, getattr(data, "train", None)):
+        names = getattr(obj, "classes", None)
+        if names is not None and len(names) == data.num_classes:
+            return [str(n) for n in names]
+    return [str(i) for i in range(int(data.num_classes))]
+
+
+class BestWeights:
+    """The best epoch of one trial's timeline (see the module docstring)."""
+
+    def __init__(self, trial_id: str, complete: bool = True) -> None:
+        self.trial_id = trial_id
+        self.complete = complete
+        self.f1: float | None = None
+        self.period: int | None = None
+        self.values: dict[str, float] = {}
+        self.state: dict[str, torch.Tensor] | None = None
+        self.engine: Any = None
+
+    def offer(self, f1: Any, engine: Any) -> None:
+        """An epoch-end ``full_val_f1`` of ``engine``: keep its weights if it is a new best."""
+        if f1 is None or not math.isfinite(float(f1)):
+            return
+        if self.f1 is None or float(f1) > self.f1:
+            self.f1, self.period = float(f1), int(engine.period)
+            self.values = {k: float(v) for k, v in engine.regularizers.values().items()}
+            self.state = _cpu_state(engine.model)
+
+    def attach(self, engine: Any) -> None:
+        """Watch ``engine``'s epoch-end evaluations (once per engine object)."""
+        self.engine = engine
+        inner = getattr(engine, "_epoch_evaluation", None)
+        if inner is None or getattr(inner, "_rp_best", None) is not None:
+            if inner is not None:
+                inner._rp_best[0] = self  # re-attached: the wrapper feeds this tracker now
+            return
+        box = [self]
+
+        def evaluation() -> Any:
+            fields, extra = inner()
+            box[0].offer(fields.get("full_val_f1"), engine)
+            return fields, extra
+
+        evaluation._rp_best = box  # type: ignore[attr-defined]
+        engine._epoch_evaluation = evaluation
+
+    # ------------------------------------------------------------------ checkpoint files
+    def save(self, directory: str, engine: Any) -> None:
+        """Write the best and last weights and ``rp_models.json`` into ``directory``."""
+        if self.state is not None:
+            torch.save(self.state, os.path.join(directory, BEST_FILE))
+        torch.save(_cpu_state(engine.model), os.path.join(directory, LAST_FILE))
+        data = engine.data
+        meta = {
+            "trial_id": self.trial_id,
+            "complete": self.complete,
+            "best_val_f1": self.f1,
+            "best_period": self.period,
+            "best_values": self.values,
+            "last_period": int(engine.period) - 1,
+            "last_values": {k: float(v) for k, v in engine.regularizers.values().items()},
+            "input_shape": [int(x) for x in data.input_shape],
+            "num_classes": int(data.num_classes),
+            "class_names": class_names(data),
+        }
+        with open(os.path.join(directory, META_FILE), "w") as fh:
+            json.dump(meta, fh)
+
+    @classmethod
+    def load(cls, directory: str, trial_id: str) -> BestWeights | None:
+        """The tracker saved in ``directory`` if ``trial_id`` wrote it (else None)."""
+        meta = read_meta(directory)
+        if meta is None or meta.get("trial_id") != trial_id:
+            return None
+        out = cls(trial_id, bool(meta.get("complete", True)))
+        path = os.path.join(directory, BEST_FILE)
+        if meta.get("best_val_f1") is not None and os.path.isfile(path):
+            out.f1, out.period = float(meta["best_val_f1"]), int(meta["best_period"])
+            out.values = dict(meta.get("best_values") or {})
+            out.state = torch.load(path, map_location="cpu", weights_only=True)
+        return out
+
+
+def read_meta(directory: str) -> dict[str, Any] | None:
+    path = os.path.join(directory, META_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        return dict(json.load(fh))
+
+
+# ---------------------------------------------------------------------- trainable hooks
+def _mode(trainable: Any) -> str:
+    return str(trainable.config.get("rp", {}).get(LOG_MODELS_KEY, "selected"))
+
+
+def track(trainable: Any) -> None:
+    """Before a ``step``: make sure the trial's tracker watches the current engine (a new
+    tracker when the actor now serves another trial or the engine was rebuilt)."""
+    if _mode(trainable) == "none":
+        return
+    tracker: BestWeights | None = getattr(trainable, "_rp_best", None)
+    engine = trainable.engine
+    if tracker is None or tracker.trial_id != trainable.trial_id:
+        tracker = BestWeights(trainable.trial_id, complete=int(engine.period) == 0)
+        trainable._rp_best = tracker
+    if tracker.engine is not engine:
+        tracker.attach(engine)
+
+
+def save(trainable: Any, checkpoint_dir: str) -> None:
+    """In ``save_checkpoint``: the tracker's files next to the engine state."""
+    if _mode(trainable) == "none":
+        return
+    track(trainable)
+    trainable._rp_best.save(checkpoint_dir, trainable.engine)
+
+
+def restore(trainable: Any, checkpoint_dir: str) -> None:
+    """In ``load_checkpoint``: the trial's own checkpoint (a crash-resume) restores its tracker;
+    a donor's (a PBT exploit) keeps this trial's tracker when it is still in memory, else the
+    trial starts a tracker marked incomplete (its best before the exploit is lost)."""
+    if _mode(trainable) == "none":
+        return
+    own = BestWeights.load(checkpoint_dir, trainable.trial_id)
+    current: BestWeights | None = getattr(trainable, "_rp_best", None)
+    if own is None and (current is None or current.trial_id != trainable.trial_id):
+        own = BestWeights(trainable.trial_id, complete=False)
+    if own is not None:
+        trainable._rp_best = own
+    trainable._rp_best.attach(trainable.engine)

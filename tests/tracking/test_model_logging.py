@@ -1,0 +1,169 @@
+"""A trial's best-validation-epoch weights: kept exactly (the weights that scored
+``test_f1_at_best``), logged to a real SQLite MLflow store as MLflow PyTorch models, spooled in an
+outage, loaded back weights-only and by ``mlflow.pytorch.load_model``; the ``selected`` rule."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from store_helpers import make_store, tree
+
+from raytune_periodic.errors import ConfigError
+from raytune_periodic.protocol.mlflow_layout import (
+    MODEL_ARTIFACTS,
+    MODEL_INFO_FILE,
+    SPEC_ARTIFACT,
+    TAG_MODELS,
+)
+from raytune_periodic.tracking import best_weights, summarize
+from raytune_periodic.tracking.models import (
+    EXTRA_DIR,
+    build_model,
+    download_model,
+    load_model_dir,
+    log_trial_models,
+    read_model_info,
+    wants_models,
+)
+from raytune_periodic.training import build_engine
+
+SPEC: dict[str, Any] = {
+    "dataset": {"name": "digits", "train_size": 150, "label_noise": 0.3},
+    "model": {"name": "mlp", "hidden": [32]},
+    "regularizers": [{"kind": "dropout", "where": "head"}],
+    "controller": {"type": "periodic_random", "ranges": {"dropout": [0.0, 0.7]}},
+    "train": {"period_length": 7, "periods": 14, "batch_size": 32, "seed": 3},
+}
+
+
+def _trained(tmp: Path) -> tuple[Any, list[dict[str, float]], Path]:
+    """A bare engine trained with the trainable's hooks (``track`` before each period batch)
+    and a checkpoint folder holding the tracker's files."""
+    trainable = SimpleNamespace(
+        config={"rp": {"log_models": "all"}}, trial_id="t0", engine=build_engine(SPEC)
+    )
+    records = []
+    for _ in range(7):
+        best_weights.track(trainable)
+        records += [r.metrics() for r in trainable.engine.run(2)]
+    ckpt = tmp / "checkpoint_000001"
+    ckpt.mkdir()
+    best_weights.save(trainable, str(ckpt))
+    return trainable, [{**r, "step": r["period"]} for r in records], ckpt
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, list[dict], Path]:
+    return _trained(tmp_path_factory.mktemp("trained"))
+
+
+def test_best_weights_are_the_ones_that_scored_test_f1_at_best(trained: tuple) -> None:
+    trainable, records, ckpt = trained
+    summary = summarize(records)
+    tracker = trainable._rp_best
+    ends = [r for r in records if "full_val_f1" in r]
+    assert len(ends) >= 3  # several epoch ends, so "best" is a real choice
+    assert tracker.f1 == summary["best_val_f1"]
+    first_best = next(r for r in ends if r["full_val_f1"] == summary["best_val_f1"])
+    assert tracker.period == int(first_best["period"])
+    # the snapshot is taken at the epoch end, not at the period end: a fresh engine with
+    # these weights scores exactly test_f1_at_best (the period trained on after it)
+    probe = build_engine(SPEC)
+    probe.model.load_state_dict(tracker.state)
+    probe.regularizers.set_values(tracker.values)
+    assert probe.evaluate("test")[1] == summary["test_f1_at_best"]
+    meta = json.loads((ckpt / best_weights.META_FILE).read_text())
+    assert meta["best_val_f1"] == summary["best_val_f1"] and meta["complete"] is True
+    assert meta["class_names"] == [str(i) for i in range(10)]
+    own = best_weights.BestWeights.load(str(ckpt), "t0")
+    assert own is not None and own.period == tracker.period
+    assert all(torch.equal(own.state[k], tracker.state[k]) for k in tracker.state)
+    assert best_weights.BestWeights.load(str(ckpt), "another-trial") is None
+
+
+def test_logged_models_load_weights_only_and_with_mlflow(trained: tuple, tmp_path: Path) -> None:
+    import mlflow
+
+    trainable, records, ckpt = trained
+    store = make_store(tmp_path)
+    _, _, run = tree(store)
+    kinds = log_trial_models(store, run, str(ckpt), SPEC, mode="all", seed=0, records=records)
+    assert kinds == ["best", "last"]
+    store.flush()
+    client = store.client._real
+    tags = client.get_run(run).data.tags
+    assert tags[TAG_MODELS] == "best,last"
+    assert json.loads(Path(client.download_artifacts(run, SPEC_ARTIFACT)).read_text()) == SPEC
+    assert not list((Path(store.spool.path).parent / "models").iterdir())  # staging removed once logged
+    x = trainable.engine.test_set.tensors[0][:5].cpu()
+    probe = build_engine(SPEC)
+    probe.model.load_state_dict(trainable._rp_best.state)
+    probe.model.eval()
+    with torch.no_grad():
+        want_best, want_last = probe.model(x), trainable.engine.model.eval()(x)
+    for kind, want in (("best", want_best), ("last", want_last)):
+        folder = download_model(client, run, kind, tmp_path / "dl")
+        model, info = load_model_dir(folder)
+        assert info["kind"] == kind and info["spec"] == SPEC
+        with torch.no_grad():
+            assert torch.allclose(model(x), want, atol=1e-6)
+        mlflow.set_tracking_uri(store.tracking_uri)
+        flavor = mlflow.pytorch.load_model(f"runs:/{run}/{MODEL_ARTIFACTS[kind]}")
+        assert torch.allclose(flavor(x), want, atol=1e-5)
+    assert read_model_info(folder)["val_f1"] is None  # last: no validation score claimed
+
+
+def test_models_spool_during_an_outage_and_arrive_on_sync(trained: tuple, tmp_path: Path) -> None:
+    _, records, ckpt = trained
+    store = make_store(tmp_path)
+    _, _, run = tree(store)
+    store.client.down = True
+    log_trial_models(store, run, str(ckpt), SPEC, mode="all", seed=0, records=records)
+    store.flush()
+    staged = list((Path(store.spool.path).parent / "models").iterdir())
+    assert len(staged) == 1 and store.spool.pending() >= 1
+    store.client.down = False
+    assert store.sync() == 0
+    real = store.client._real
+    assert real.get_run(run).data.tags[TAG_MODELS] == "best,last"
+    assert {f.path for f in real.list_artifacts(run, "model")} == set(MODEL_ARTIFACTS.values())
+    assert not staged[0].exists()
+
+
+def test_selected_rule_logs_every_running_best_per_seed() -> None:
+    store = object.__new__(type("S", (), {"__weakref__": None}))
+
+    def recs(f1: float) -> list[dict[str, float]]:
+        return [{"step": 0.0, "full_val_f1": f1}]
+
+    got = [wants_models(store, "selected", s, recs(f)) for s, f in
+           [(0, 0.5), (0, 0.4), (0, 0.6), (0, 0.6), (1, 0.1), (0, math.nan)]]  # fmt: skip
+    assert got == [True, False, True, True, True, False]
+    assert wants_models(store, "none", 0, recs(0.9)) is False
+    assert wants_models(store, "all", 0, recs(0.0)) is True
+
+
+def test_bad_models_are_one_line_errors(trained: tuple, tmp_path: Path) -> None:
+    _, records, ckpt = trained
+    store = make_store(tmp_path)
+    _, _, run = tree(store)
+    log_trial_models(store, run, str(ckpt), SPEC, mode="none", seed=0, records=records)
+    store.flush()
+    with pytest.raises(ConfigError, match="no model/best artifact") as err:
+        download_model(store.client._real, run, "best", tmp_path / "dl")
+    assert "\n" not in str(err.value)
+    folder = tmp_path / "other" / EXTRA_DIR
+    folder.mkdir(parents=True)
+    (folder / MODEL_INFO_FILE).write_text(json.dumps({"layout": 99}))
+    with pytest.raises(ConfigError, match="model layout 99"):
+        read_model_info(folder.parent)
+    info = {"spec": {**SPEC, "model": {"name": "mlp", "hidden": [16]}}}
+    info |= {"input_shape": [1, 8, 8], "num_classes": 10}
+    with pytest.raises(ConfigError, match="weights do not fit model 'mlp'"):
+        build_model(info, torch.load(ckpt / best_weights.BEST_FILE, weights_only=True))
