@@ -23,6 +23,7 @@ _API = {
     "validate": "raytune_periodic.api",
     "run": "raytune_periodic.api",
     "compare": "raytune_periodic.api",
+    "export": "raytune_periodic.api",
     "ExperimentConfig": "raytune_periodic.config",
     "RunOutcome": "raytune_periodic.tuning.runner",
     "TrialsErroredError": "raytune_periodic.tuning.runner",

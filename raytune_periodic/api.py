@@ -118,4 +118,26 @@ def compare(
     )
 
 
-__all__ = ["compare", "load", "run", "validate"]
+def export(
+    experiment: str,
+    method: str,
+    seed: int | str,
+    out: str | Path,
+    *,
+    tracking_uri: str | None = None,
+    invocation_id: str | None = None,
+    register: str | None = None,
+) -> Any:
+    """What ``raytune-periodic export`` does: download the trial ``compare`` selects for
+    ``method`` and ``seed`` (its best-epoch and last models, config, schedule, spec) from MLflow
+    into ``out``; ``register`` also registers its best model. Returns ``report.export.Exported``
+    (``.models["best"]`` loads with ``mlflow.pytorch.load_model``)."""
+    from raytune_periodic.report.export import export_model
+
+    return export_model(
+        experiment, method, seed, out, tracking_uri=tracking_uri,
+        invocation_id=invocation_id, register=register,
+    )  # fmt: skip
+
+
+__all__ = ["compare", "export", "load", "run", "validate"]

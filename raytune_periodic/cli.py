@@ -1,5 +1,5 @@
 """``raytune-periodic`` command line: run, compare, validate, list, train, mlflow-sync, gradcam,
-replay.
+replay, export.
 
 Bad input is one line on stderr and exit code 2, before Ray starts.
 """
@@ -84,6 +84,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     cam.add_argument("--out", default="gradcam.png", help="PNG path (default: ./gradcam.png)")
     cam.add_argument("--mlflow-uri", help=URI_HELP)
+    cam.add_argument("--data-root", help="the dataset root here, when not the runs' own root")
+
+    exp = sub.add_parser(
+        "export", help="download the model a search selected (method, seed) from MLflow"
+    )
+    exp.add_argument("experiment", help="MLflow experiment name (the config's name)")
+    exp.add_argument("--method", required=True, help="the method whose selected trial to export")
+    exp.add_argument("--seed", required=True, help="the seed (rp.seed) of the selected trial")
+    exp.add_argument("--out", required=True, help="folder for the models, config and schedule")
+    exp.add_argument("--invocation", help="invocation id (default: the latest)")
+    exp.add_argument("--register", metavar="NAME", help="also register model/best as NAME")
+    exp.add_argument("--mlflow-uri", help=URI_HELP)
 
     rep = sub.add_parser(
         "replay", help="export a trial's per-period schedule from MLflow and replay it"
@@ -95,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--run", action="store_true", help="replay it now with the bare engine")
     rep.add_argument("--seed", type=int, help="with --run: train.seed of the replay")
+    rep.add_argument("--data-root", help="with --run: the dataset root here, if not the run's")
     rep.add_argument(
         "--model", help="with --run: another registered model (YAML: lenet, {name: mlp})"
     )
@@ -228,8 +241,26 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
         if args.experiment
         else list(args.runs)
     )
-    path = gradcam_figure(runs, args.out, images=args.images, tracking_uri=args.mlflow_uri)
+    path = gradcam_figure(
+        runs, args.out, images=args.images, tracking_uri=args.mlflow_uri, data_root=args.data_root
+    )
     print(f"wrote {path}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from raytune_periodic.report.export import export_model
+
+    done = export_model(
+        args.experiment, args.method, args.seed, args.out, tracking_uri=args.mlflow_uri,
+        invocation_id=args.invocation, register=args.register,
+    )  # fmt: skip
+    metrics = " ".join(f"{k}={v:.4f}" for k, v in done.selection["metrics"].items())
+    print(f"{args.method} seed {args.seed}: trial {done.trial_id} (run {done.run_id}) {metrics}")
+    for kind, path in done.models.items():
+        print(f"wrote {path} ({kind} weights; mlflow.pytorch.load_model loads it)")
+    if done.registered:
+        print(f"registered {done.registered}")
     return 0
 
 
@@ -257,6 +288,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return 0
     client = client_for(args.mlflow_uri)
     spec = trial_run_spec(client, get_trial_run(client, args.run_id))
+    if args.data_root:
+        spec["dataset"] = {**spec.get("dataset", {}), "root": args.data_root}
     if args.model:
         model = yaml.safe_load(args.model)
         spec["model"] = model if isinstance(model, dict) else {"name": str(model)}
@@ -350,6 +383,7 @@ COMMANDS = {
     "train": _cmd_train,
     "gradcam": _cmd_gradcam,
     "replay": _cmd_replay,
+    "export": _cmd_export,
     "mlflow-sync": _cmd_mlflow_sync,
 }
 

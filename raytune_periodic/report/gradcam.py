@@ -1,23 +1,18 @@
 """Grad-CAM of trained trials (periodic paper §2.5, §4.5, Fig. 5) with ``pytorch_grad_cam``.
 
 One figure: a row per image, a column per run (method); the first column is the input image.
-Each run's model is rebuilt from its trial's run spec and loaded from its trial checkpoint
-(``engine.pt``, the ``PeriodEngine`` state; only its ``"model"`` weights and regularizer values
-are used). Where the checkpoint is (``find_checkpoint``):
-
-1. the trial run's tag ``rp.checkpoint_path`` when it has one (a directory holding engine.pt);
-2. else the Tune trial directory: the invocation run's tag ``rp.storage_path`` (the experiment's
-   Tune storage directory) + the trial run's tag ``rp.trial_id`` →
-   ``<storage>/<tuner run name>/<Trainable>_<trial_id>_*/`` (``replay.trial_dir``), and in it
-   the ``checkpoint_*`` directory with the highest number (the trial's last checkpoint; Tune
-   writes one at the end of every trial).
+Each run's model comes from MLflow alone: the trial run's ``model/best`` artifact (the weights of
+its best validation epoch, logged at the trial's end: ``tracking/models.py``), rebuilt from the
+spec in its ``rp_model.json`` with the state dict loaded weights-only. Nothing is read from the
+Ray storage and nothing is unpickled. The images come from the run's dataset: pass ``data_root``
+when the root the run trained on is not reachable from this machine (bundled datasets need none).
 
 The target layer is the model's last ``nn.Conv2d``; the CAM is for each model's predicted class.
 """
 
 from __future__ import annotations
 
-import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +23,8 @@ from torch import nn
 
 from raytune_periodic._imports import require
 from raytune_periodic.errors import ConfigError
-from raytune_periodic.protocol.mlflow_layout import TAG_METHOD, TAG_TRIAL
-from raytune_periodic.protocol.trial_results import ENGINE_FILE
-from raytune_periodic.report.replay import (
-    CHECKPOINT_TAG,
-    client_for,
-    get_trial_run,
-    trial_dir,
-    trial_run_spec,
-)
+from raytune_periodic.protocol.mlflow_layout import MODEL_ARTIFACTS, TAG_METHOD
+from raytune_periodic.report.replay import client_for, get_trial_run
 
 DEFAULT_IMAGES = (0, 1, 2, 3)
 
@@ -49,26 +37,7 @@ class CamRun:
     run_id: str
     model: nn.Module
     data: Any  #: the run's DataSplits
-    checkpoint: Path
-
-
-def find_checkpoint(client: Any, run: Any) -> Path:
-    """The directory of the trial's last checkpoint (see the module docstring)."""
-    tagged = run.data.tags.get(CHECKPOINT_TAG)
-    if tagged and (Path(tagged) / ENGINE_FILE).is_file():
-        return Path(tagged)
-    tdir = trial_dir(client, run)
-    if tdir is None:
-        raise ConfigError(
-            "run_id",
-            f"run {run.info.run_id}: no checkpoint found (no {CHECKPOINT_TAG} tag and no Tune "
-            f"trial dir for trial {run.data.tags.get(TAG_TRIAL)!r} under the invocation's "
-            "rp.storage_path)",
-        )
-    ckpts = [p for p in tdir.glob("checkpoint_*") if (p / ENGINE_FILE).is_file()]
-    if not ckpts:
-        raise ConfigError("run_id", f"run {run.info.run_id}: no checkpoint_*/engine.pt in {tdir}")
-    return max(ckpts, key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
+    model_uri: str  #: ``runs:/<run id>/model/best``
 
 
 def target_layer(model: nn.Module, name: str = "model") -> nn.Module:
@@ -81,29 +50,31 @@ def target_layer(model: nn.Module, name: str = "model") -> nn.Module:
     return convs[-1]
 
 
-def load_run(client: Any, run_id: str, label: str | None = None) -> CamRun:
-    """Rebuild a trial run's model from its spec and load its last checkpoint's weights."""
-    from raytune_periodic.models import build_model
-    from raytune_periodic.regularizers import insert_regularizers
+def load_run(
+    client: Any, run_id: str, label: str | None = None, data_root: str | Path | None = None
+) -> CamRun:
+    """A trial run's best-epoch model and its dataset, from MLflow alone (module docstring)."""
+    from raytune_periodic.tracking.models import download_model, load_model_dir
     from raytune_periodic.training.spec import load_data, parse_run_spec
 
     run = get_trial_run(client, run_id)
-    spec = parse_run_spec(trial_run_spec(client, run))
-    data = load_data(spec)
-    if not data.is_image:
-        raise ConfigError("dataset", f"{data.name} is not an image dataset: no Grad-CAM")
-    opts = dict(spec.model)
-    name = opts.pop("name")
-    model = build_model(name, data.input_shape, data.num_classes, **opts)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, info = load_model_dir(download_model(client, run_id, "best", tmp))
+    spec = parse_run_spec(info["spec"])
+    name = spec.model["name"]
+    if len(info["input_shape"]) != 3:
+        raise ConfigError("dataset", f"{spec.dataset['name']} is not an image dataset: no Grad-CAM")
     target_layer(model, f"model {name!r}")
-    regs = insert_regularizers(model, spec.regularizers)
-    ckpt = find_checkpoint(client, run)
-    state = torch.load(ckpt / ENGINE_FILE, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    if state.get("regularizer_values"):
-        regs.set_values(state["regularizer_values"])
-    model.eval()
-    return CamRun(label or run.data.tags.get(TAG_METHOD, run_id), run_id, model, data, ckpt)
+    if data_root is not None:
+        spec.dataset["root"] = str(data_root)
+    root = spec.dataset.get("root")
+    if root is not None and not Path(root).exists():
+        raise ConfigError(
+            "data_root", f"run {run_id} trained on {root}, not reachable here: pass --data-root"
+        )
+    data = load_data(spec)
+    uri = f"runs:/{run_id}/{MODEL_ARTIFACTS['best']}"
+    return CamRun(label or run.data.tags.get(TAG_METHOD, run_id), run_id, model, data, uri)
 
 
 def best_runs(
@@ -183,10 +154,12 @@ def gradcam_figure(
     *,
     images: Sequence[int | str] = DEFAULT_IMAGES,
     tracking_uri: str | None = None,
+    data_root: str | Path | None = None,
 ) -> Path:
     """Write one PNG: a row per image, the input then one Grad-CAM column per run.
 
-    ``runs``: trial run ids, or ``{column label: run id}`` (e.g. from ``best_runs``). Image
+    ``runs``: trial run ids, or ``{column label: run id}`` (e.g. from ``best_runs``);
+    ``data_root``: the dataset root on this machine, when not the runs' own. Image
     indices refer to the first run's test split; every run must take that input shape.
     """
     cam_mod = require("pytorch_grad_cam")
@@ -196,7 +169,7 @@ def gradcam_figure(
     items = list(runs.items()) if isinstance(runs, dict) else [(None, r) for r in runs]
     if not items:
         raise ConfigError("runs", "no run ids given")
-    loaded = [load_run(client, run_id, label) for label, run_id in items]
+    loaded = [load_run(client, run_id, label, data_root) for label, run_id in items]
     batch, row_labels = load_images(images, loaded[0].data)
     for cr in loaded[1:]:
         if tuple(cr.data.input_shape) != tuple(batch.shape[1:]):

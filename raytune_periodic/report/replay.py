@@ -7,9 +7,10 @@ across exploits, so its schedule is the timeline the trial really followed); ``r
 wraps that as a method entry for an experiment config, and ``replay`` runs it with the bare
 engine on a run spec (a new seed, model, dataset…) without Ray.
 
-``trial_run_spec`` gives the full run spec of a trial run, also used by the Grad-CAM report:
-the Tune trial's ``params.json`` (exact) when its directory is found (see ``trial_dir``), else
-the run's flattened MLflow params unflattened (lists are stored as their Python repr).
+``trial_run_spec`` gives the full run spec of a trial run from MLflow alone: the run's
+``rp_spec.json`` artifact (exact; logged at every trial's end), else, for runs from before it was
+logged, the Tune trial's ``params.json`` when its directory is found (see ``trial_dir``), else the
+run's flattened MLflow params unflattened (lists are stored as their Python repr).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from raytune_periodic._imports import require
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.protocol.mlflow_layout import (
     KIND_INVOCATION,
-    TAG_CHECKPOINT_PATH,
+    SPEC_ARTIFACT,
     TAG_INVOCATION,
     TAG_KIND,
     TAG_STORAGE_PATH,
@@ -37,8 +38,6 @@ from raytune_periodic.protocol.mlflow_layout import (
 )
 from raytune_periodic.tracking import default_tracking_uri, is_finite, sqlite_path
 
-#: tag a trial run may carry with its last checkpoint's directory (preferred when present)
-CHECKPOINT_TAG = TAG_CHECKPOINT_PATH
 #: trial-run params that are not part of the run spec (mlflow_callback adds them)
 _EXTRA_PARAMS = ("method", "search", "seed")
 
@@ -169,10 +168,14 @@ def trial_dir(client: Any, run: Any) -> Path | None:
 
 
 def trial_run_spec(client: Any, run: Any) -> dict[str, Any]:
-    """The run spec of a trial run: from its Tune ``params.json`` when found, else rebuilt from
-    the MLflow params (exact for specs whose lists print as Python literals)."""
+    """The run spec of a trial run: its ``rp_spec.json`` artifact, else its Tune ``params.json``
+    when found, else rebuilt from the MLflow params (exact for specs whose lists print as Python
+    literals)."""
     from raytune_periodic.training.spec import trial_spec
 
+    if any(f.path == SPEC_ARTIFACT for f in client.list_artifacts(run.info.run_id)):
+        text = Path(client.download_artifacts(run.info.run_id, SPEC_ARTIFACT)).read_text()
+        return dict(json.loads(text))
     tdir = trial_dir(client, run)
     if tdir is not None and (tdir / "params.json").is_file():
         config = json.loads((tdir / "params.json").read_text())

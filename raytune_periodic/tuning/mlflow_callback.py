@@ -183,9 +183,17 @@ class MlflowCallback(Callback):
             return
         final = log.status if status == STATUS_OK else status
         checkpoint = getattr(getattr(trial, "checkpoint", None), "path", None)
-        if checkpoint is not None:  # where reports (Grad-CAM, replay) find the weights
+        if checkpoint is not None:  # informational: reports read the models from MLflow
             self.store.set_tag(log.run_id, TAG_CHECKPOINT_PATH, str(checkpoint))
         self._log_agent(trial, log.run_id)
+        from raytune_periodic.tracking.models import log_trial_models  # spec + weights (#16)
+
+        rp = trial.config["rp"]
+        log_trial_models(
+            self.store, log.run_id, getattr(trial, "checkpoint", None), trial_spec(trial.config),
+            mode=rp.get("log_models", "selected"), seed=rp["seed"], records=log.records,
+            status=final,
+        )  # fmt: skip
         self.store.finish_trial(log.run_id, log.records, final)
         log.finished = True
 

@@ -100,7 +100,7 @@ def test_logged_models_load_weights_only_and_with_mlflow(trained: tuple, tmp_pat
     tags = client.get_run(run).data.tags
     assert tags[TAG_MODELS] == "best,last"
     assert json.loads(Path(client.download_artifacts(run, SPEC_ARTIFACT)).read_text()) == SPEC
-    assert not list((Path(store.spool.path).parent / "models").iterdir())  # staging removed once logged
+    assert not list((Path(store.spool.path).parent / "models").iterdir())  # staging removed
     x = trainable.engine.test_set.tensors[0][:5].cpu()
     probe = build_engine(SPEC)
     probe.model.load_state_dict(trainable._rp_best.state)
