@@ -38,9 +38,10 @@ from raytune_periodic.data._base import DataSplits
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.records import STATUS_DIVERGED, STATUS_OK, PeriodRecord, PeriodState
 from raytune_periodic.regularizers import RegularizerSet
-from raytune_periodic.training.batching import iterate_eval, make_batches
+from raytune_periodic.training.batching import in_memory, iterate_eval, make_batches
+from raytune_periodic.training.device import check_options, setup_device
 from raytune_periodic.training.metrics import confusion_update, macro_f1
-from raytune_periodic.validation import boolean, integer, number
+from raytune_periodic.validation import integer, number
 
 LossTerm = Callable[[nn.Module], torch.Tensor]
 
@@ -66,8 +67,15 @@ class TrainOptions:
     eval_batch_size: int = 512  #: batch size of full validation/test passes
     eval_every_epochs: int = 1  #: full validation + test every k epoch ends (0: never)
     device: str = "auto"  #: "auto" (CUDA if present), "cpu", "cuda", "cuda:1"
-    amp: bool = False  #: mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU)
+    #: mixed precision: auto = on CUDA (bfloat16 where supported, else float16 + GradScaler),
+    #: off on the CPU (true there: bfloat16); this and the next three: ``training/device.py``
+    amp: bool | str = "auto"
+    channels_last: bool | str = "auto"  #: NHWC weights and batches (auto: conv nets on CUDA)
+    cudnn_benchmark: bool = True  #: cuDNN picks the fastest convolution algorithm (CUDA only)
+    compile: bool | str = False  #: torch.compile the forward passes (true or a backend name)
     num_workers: int = 0  #: DataLoader workers, only for streamed (non-tensor) datasets
+    #: streamed val/test sets up to this size decoded once and kept as tensors on the device
+    eval_in_memory_mb: int = 1024
     seed: int = 0
 
     def validate(self, field: str = "train") -> TrainOptions:
@@ -75,12 +83,13 @@ class TrainOptions:
         limits |= {"eval_batch_size": (1, 10**6), "val_batches": (0, 10**5)}
         limits |= {"eval_every_epochs": (0, 10**6), "num_workers": (0, 1024)}
         limits |= {"val_samples_per_class": (0, 10**6), "train_eval_samples": (-1, 10**7)}
+        limits |= {"eval_in_memory_mb": (0, 10**7)}
         for key, (low, high) in limits.items():  # sanity limits: a typo, not a budget
             integer(getattr(self, key), f"{field}.{key}", low, high)
         integer(self.seed, f"{field}.seed")
         number(self.lr, f"{field}.lr", 0.0, low_open=True)
         number(self.weight_decay, f"{field}.weight_decay", 0.0)
-        boolean(self.amp, f"{field}.amp")
+        check_options(self.amp, self.channels_last, self.cudnn_benchmark, self.compile, field)
         resolve_device(self.device, f"{field}.device")
         return self
 
@@ -98,10 +107,11 @@ def resolve_device(name: str, field: str = "train.device") -> torch.device:
     return dev
 
 
-def _on_device(dataset: Any, device: torch.device) -> Any:
-    if isinstance(dataset, TensorDataset):
-        return TensorDataset(*(t.to(device) for t in dataset.tensors))
-    return dataset
+def _on_device(dataset: Any, device: torch.device, options: TrainOptions) -> Any:
+    """Tensor sets moved to ``device``; a streamed evaluation set decoded once into tensors there
+    when it fits in ``eval_in_memory_mb`` (else decoded again at every evaluation)."""
+    mb, workers = options.eval_in_memory_mb, options.num_workers
+    return in_memory(dataset, device, mb * 2**20, workers, options.eval_batch_size)
 
 
 class PeriodEngine:
@@ -133,17 +143,21 @@ class PeriodEngine:
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay
         )
-        cuda_amp = options.amp and self.device.type == "cuda"
-        self.amp_dtype = torch.float16 if cuda_amp else torch.bfloat16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda_amp)
+        self.accel = setup_device(
+            self.model, self.device, amp=options.amp, channels_last=options.channels_last,
+            cudnn_benchmark=options.cudnn_benchmark, compile=options.compile,
+            image_input=data.is_image,
+        )  # fmt: skip
+        self.amp_dtype = self.accel.amp_dtype
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.accel.scaler)
         self.train_batches = make_batches(
             data.train, options.batch_size, options.seed, self.device, options.num_workers
         )
         self.val_gen = torch.Generator().manual_seed(options.seed + 7919)
-        self.val_set = _on_device(data.val, self.device)
+        self.val_set = _on_device(data.val, self.device, options)
         self.val_batch_count = self._val_batch_count(data.num_classes)
         self.train_eval_xy = self._train_eval_subset(data.train)
-        self.test_set = _on_device(data.test, self.device)
+        self.test_set = _on_device(data.test, self.device, options)
         self.num_classes = data.num_classes
         self.period = 0
         self.passes = 0
@@ -155,8 +169,10 @@ class PeriodEngine:
         self, x: torch.Tensor, y: torch.Tensor, train: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and loss; penalty terms join the loss only for training passes."""
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.options.amp):
-            logits = self.model(x)
+        if self.accel.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.accel.amp):
+            logits = self.accel.forward(x)
             loss = F.cross_entropy(logits, y)
             if train:
                 for term in self.loss_terms:
