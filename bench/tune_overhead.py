@@ -1,18 +1,27 @@
 """What Ray Tune + MLflow cost around the period engine, measured side by side in one run.
 
-(a) steady-state period time of one trial under Tune + the MLflow callback vs the same periods
-    run bare in this process (goal <= 1.05x);
-(b) whole-search wall time of 8 trials under Tune on 2 CPUs vs the same 8 trials run serially
-    bare (goal <= 0.75x; 0.5x is the 2-CPU ideal);
-(c) share of the search's wall time the driver spends in MLflow logging (goal <= 5%);
-(d) PBT exploit cost (pause, checkpoint, clone, restore) as a share of a period (goal <= 10%).
+Every part runs ``--rounds`` rounds, the variants interleaved (order alternating); medians.
 
-Usage: python bench/tune_overhead.py [--periods 12] [--period-length 150] [--out DIR]
+(a) steady-state time per period of one trial under Tune + the MLflow callback with the default
+    config (``iteration_periods: auto``: Tune iterations of ~1 s) vs the same periods run bare in
+    this process (goal <= 1.05x); also 1 period per iteration (the old default);
+(b) whole-search wall time of 8 trials under Tune on 2 CPUs (default config, actors reused) vs
+    the same 8 trials run serially bare (goal <= 0.65x; 0.5x is the 2-CPU ideal);
+(c) share of the search's wall time the driver spends in MLflow logging (goal <= 5%);
+(d) synchronous PBT, a population of 2 on 2 CPUs: ours (``SyncSafePBT`` + ``KeepPausedActors``,
+    period-based intervals, auto batching) vs stock Ray Tune PBT (``PopulationBasedTraining``,
+    Tune's default searcher, 1 period per iteration) on the same trials: the extra time of a
+    trial's first step after an exploit over a normal step of as many periods (goal <= 10% of a
+    period), and the whole search's wall time.
+
+Usage: python bench/tune_overhead.py [--periods 12] [--period-length 150] [--rounds 3] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import tempfile
 import time
@@ -27,6 +36,7 @@ from raytune_periodic.training import build_engine
 from raytune_periodic.training.spec import trial_spec
 from raytune_periodic.tuning.methods.pbt import make_clip_explore
 from raytune_periodic.tuning.mlflow_callback import MlflowCallback
+from raytune_periodic.tuning.pbt_sync import KeepPausedActors, SyncSafePBT
 from raytune_periodic.tuning.trainable import PeriodTrainable
 
 BASE = {
@@ -36,16 +46,19 @@ BASE = {
     "train": {"batch_size": 64, "eval_every_epochs": 0},
     "controller": {"type": "constant"},
 }
+INTERVAL = 3  #: (d) perturbation interval, periods
 
 
 class Timeline(tune.Callback):
-    """Collects (trial, wall time at step end, donor) for every result."""
+    """(trial, wall time at step end, periods in the step, donor, pid) for every result."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple[str, float, Any]] = []
+        self.rows: list[tuple[str, float, int, Any, int]] = []
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self.rows.append((trial.trial_id, result["rp_wall"], result.get("rp_donor_trial")))
+        n = len(json.loads(result["rp_records"]))
+        donor = result.get("rp_donor_trial")
+        self.rows.append((trial.trial_id, result["rp_wall"], n, donor, result["pid"]))
 
 
 class TimedMlflow(MlflowCallback):
@@ -72,10 +85,10 @@ class TimedMlflow(MlflowCallback):
 
 
 def config(
-    periods: int, period_length: int, values: Any, replicate: Any = 0, k: int = 1
+    periods: int, period_length: int, values: Any, replicate: Any = 0, k: Any = "auto", **rp: Any
 ) -> dict[str, Any]:
     spec = {**BASE, "train": {**BASE["train"], "period_length": period_length}}
-    rp = {"spec": spec, "periods": periods, "seed": 0, "replicate": replicate, "threads": 1}
+    rp = {"spec": spec, "periods": periods, "seed": 0, "replicate": replicate, "threads": 1, **rp}
     rp["iteration_periods"] = k
     return {"rp": rp, "values": {"dropout": values}}
 
@@ -86,7 +99,7 @@ def bare_periods(cfg: dict[str, Any]) -> list[float]:
     return [engine.step_period().seconds for _ in range(cfg["rp"]["periods"])]
 
 
-def run_tuner(cfg, store_dir, uri, *, samples=1, scheduler=None, name="b") -> tuple[float, Any]:
+def run_tuner(cfg, store_dir, uri, *, samples=1, scheduler=None, search_alg=None, name="b"):
     from raytune_periodic.tracking import MlflowStore
 
     store = MlflowStore(uri, "bench")
@@ -103,6 +116,7 @@ def run_tuner(cfg, store_dir, uri, *, samples=1, scheduler=None, name="b") -> tu
             num_samples=samples,
             reuse_actors=True,
             scheduler=scheduler,
+            search_alg=search_alg,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -119,92 +133,149 @@ def run_tuner(cfg, store_dir, uri, *, samples=1, scheduler=None, name="b") -> tu
     return wall, (mlflow_cb, timeline)
 
 
-def steady_gap(rows: list[tuple[str, float, Any]]) -> float:
-    """Median time between consecutive results of the same trial (ignoring exploits)."""
-    by_trial: dict[str, list[tuple[float, Any]]] = {}
-    for tid, wall, donor in rows:
-        by_trial.setdefault(tid, []).append((wall, donor))
+def per_period(rows: list[tuple[str, float, int, Any, int]]) -> float:
+    """Median over steady steps (each trial's third result on, no exploit) of the time between
+    consecutive results of the same trial divided by the step's periods."""
+    by_trial: dict[str, list[tuple[float, int, Any]]] = {}
+    for tid, wall, n, donor, _ in rows:
+        by_trial.setdefault(tid, []).append((wall, n, donor))
     gaps = []
     for seq in by_trial.values():
-        for (a, _), (b, donor) in zip(seq[1:], seq[2:], strict=False):
+        for (a, _, _), (b, n, donor) in zip(seq[1:], seq[2:], strict=False):
             if donor is None:
-                gaps.append(b - a)
+                gaps.append((b - a) / n)
     return statistics.median(gaps)
+
+
+def exploit_extra(rows: list[tuple[str, float, int, Any, int]]) -> list[float]:
+    """Per exploit: the post-exploit step's gap minus as many normal periods."""
+    normal = per_period(rows)
+    last: dict[str, float] = {}
+    out = []
+    for tid, wall, n, donor, _ in rows:
+        if donor is not None and tid in last:
+            out.append(wall - last[tid] - n * normal)
+        last[tid] = wall
+    return out
+
+
+def _med(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.3f}x ({', '.join(f'{x:.3f}' for x in xs)})"
+
+
+def part_a(args, out: Path, uri: str) -> list[float]:
+    """(a): ratios auto / bare and 1-per-iteration / bare per round; returns the bare periods."""
+    auto, one, bare_all = [], [], []
+    for r in range(args.rounds):
+        order = ["bare", "auto", "one"] if r % 2 == 0 else ["one", "auto", "bare"]
+        got: dict[str, float] = {}
+        for what in order:
+            if what == "bare":
+                bare = bare_periods(config(args.periods, args.period_length, 0.3))
+                bare_all += bare
+                got[what] = statistics.median(bare[1:])
+            else:
+                k = "auto" if what == "auto" else 1
+                cfg = config(args.periods, args.period_length, 0.3, k=k)
+                _, (_, tl) = run_tuner(cfg, out / "ray", uri, name=f"a-{what}-{r}")
+                got[what] = per_period(tl.rows)
+        auto.append(got["auto"] / got["bare"])
+        one.append(got["one"] / got["bare"])
+    print(f"(a) period under Tune+MLflow vs bare, default (auto): {_med(auto)} (goal <= 1.05x)")
+    print(f"    1 period per Tune iteration: {_med(one)}")
+    return bare_all
+
+
+def part_bc(args, out: Path, uri: str, bare: list[float]) -> None:
+    grid = tune.grid_search([0.1 * i for i in range(8)])
+    ratios, shares = [], []
+    serial = 8 * statistics.median(bare) * args.periods  # dropout rate does not change cost
+    for r in range(args.rounds):
+        cfg8 = config(args.periods, args.period_length, grid)
+        wall, (cb, _) = run_tuner(cfg8, out / "ray", uri, name=f"b-{r}")
+        ratios.append(wall / serial)
+        shares.append(100 * cb.seconds / wall)
+    print(
+        f"(b) 8 trials under Tune on 2 CPUs vs serial bare ({serial:.1f} s): {_med(ratios)} "
+        f"(goal <= 0.65x, ideal 0.5x)"
+    )
+    print(f"(c) driver time in MLflow logging, % of the search: {_med(shares)} (goal <= 5%)")
+
+
+def _pbt(ours: bool) -> tuple[Any, Any]:
+    kwargs: dict[str, Any] = {
+        "perturbation_interval": INTERVAL,
+        "synch": True,
+        "quantile_fraction": 0.5,
+        "resample_probability": 1.0,
+        "hyperparam_mutations": {"values": {"dropout": tune.uniform(0.0, 0.8)}},
+        "custom_explore_fn": make_clip_explore({"dropout": (0.0, 0.8)}),
+    }
+    if ours:
+        sched = SyncSafePBT(time_attr="rp_periods", **kwargs)
+        return sched, KeepPausedActors(sched)
+    return tune.schedulers.PopulationBasedTraining(time_attr="training_iteration", **kwargs), None
+
+
+def part_d(args, out: Path, uri: str) -> None:
+    walls: dict[str, list[float]] = {"ours": [], "stock": []}
+    extras: dict[str, list[float]] = {"ours": [], "stock": []}
+    pids: dict[str, list[int]] = {"ours": [], "stock": []}
+    normal: dict[str, list[float]] = {"ours": [], "stock": []}
+    for r in range(args.rounds):
+        for what in ["ours", "stock"] if r % 2 == 0 else ["stock", "ours"]:
+            ours = what == "ours"
+            cfg = config(
+                args.periods, args.period_length, tune.uniform(0.0, 0.8),
+                tune.grid_search([0, 1]), k="auto" if ours else 1,
+                **({"align": INTERVAL} if ours else {}),
+            )  # fmt: skip
+            sched, search = _pbt(ours)
+            wall, (_, tl) = run_tuner(
+                cfg, out / "ray", uri, scheduler=sched, search_alg=search, name=f"d-{what}-{r}"
+            )
+            walls[what].append(wall)
+            extras[what] += exploit_extra(tl.rows)
+            normal[what].append(per_period(tl.rows))
+            pids[what].append(len({row[4] for row in tl.rows}))
+    for what in ("ours", "stock"):
+        ex, per = extras[what], statistics.median(normal[what])
+        if ex:
+            med = statistics.median(ex)
+            print(
+                f"(d) {what}: extra time of the step after an exploit {med:+.3f} s = "
+                f"{100 * med / per:.1f}% of a period ({per:.3f} s; {len(ex)} exploits; "
+                f"worker processes per search {pids[what]}) (goal <= 10%)"
+            )
+        else:
+            print(f"(d) {what}: no exploit happened; rerun with more periods")
+    ratio = [o / s for o, s in zip(walls["ours"], walls["stock"], strict=True)]
+    print(
+        f"(d) whole PBT search, ours vs stock Ray Tune PBT: {_med(ratio)} "
+        f"(walls ours {[round(w, 1) for w in walls['ours']]}, "
+        f"stock {[round(w, 1) for w in walls['stock']]} s)"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--periods", type=int, default=12)
     ap.add_argument("--period-length", type=int, default=150)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--parts", default="abd", help="which parts to run (a, b (with c), d)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="rp-bench-"))
     uri = f"sqlite:///{out / 'mlflow.db'}"
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-
-    # (a) one trial, steady state, vs bare periods of the same spec
-    cfg = config(args.periods, args.period_length, 0.3)
-    wall_a, (_, tl_a) = run_tuner(cfg, out / "ray", uri, name="a")
-    tune_period = steady_gap(tl_a.rows)
-    bare = bare_periods(cfg)
-    bare_period = statistics.median(bare[1:])
-    print(
-        f"(a) period under Tune+MLflow {tune_period:.3f} s vs bare {bare_period:.3f} s: "
-        f"{tune_period / bare_period:.3f}x (goal <= 1.05x; one Tune iteration = 1 period)"
-    )
-    k = 4  # tune.iteration_periods: the per-iteration round trip is paid once per k periods
-    _, (_, tl_k) = run_tuner(
-        config(args.periods, args.period_length, 0.3, k=k), out / "ray", uri, name="a4"
-    )
-    tune_period_k = steady_gap(tl_k.rows) / k
-    print(
-        f"    with iteration_periods={k}: {tune_period_k:.3f} s per period: "
-        f"{tune_period_k / bare_period:.3f}x"
-    )
-
-    # (b)+(c) 8 trials on 2 CPUs vs the same 8 trials serially bare
-    cfg8 = config(args.periods, args.period_length, tune.grid_search([0.1 * i for i in range(8)]))
-    wall_b, (cb_b, _) = run_tuner(cfg8, out / "ray", uri, name="b")
-    serial = len(range(8)) * sum(bare)  # the same trial spec; dropout rate does not change cost
-    print(
-        f"(b) 8 trials under Tune {wall_b:.1f} s vs serial bare {serial:.1f} s: "
-        f"{wall_b / serial:.3f}x (goal <= 0.75x, ideal 0.5x on 2 CPUs)"
-    )
-    print(
-        f"(c) driver time in MLflow logging {cb_b.seconds:.2f} s of {wall_b:.1f} s: "
-        f"{100 * cb_b.seconds / wall_b:.1f}% (goal <= 5%)"
-    )
-
-    # (d) PBT: the extra gap of an exploited trial's step over a normal step
-    pbt = tune.schedulers.PopulationBasedTraining(
-        time_attr="training_iteration",
-        perturbation_interval=3,
-        synch=True,
-        quantile_fraction=0.5,
-        resample_probability=1.0,
-        hyperparam_mutations={"values": {"dropout": tune.uniform(0.0, 0.8)}},
-        custom_explore_fn=make_clip_explore({"dropout": (0.0, 0.8)}),
-    )
-    cfg_pbt = config(
-        args.periods, args.period_length, tune.uniform(0.0, 0.8), tune.grid_search([0, 1])
-    )
-    _, (_, tl_d) = run_tuner(cfg_pbt, out / "ray", uri, scheduler=pbt, name="d")
-    normal = steady_gap(tl_d.rows)
-    last: dict[str, float] = {}
-    exploit_gaps = []
-    for tid, wall, donor in tl_d.rows:
-        if donor is not None and tid in last:
-            exploit_gaps.append(wall - last[tid])
-        last[tid] = wall
-    if exploit_gaps:
-        extra = statistics.median(exploit_gaps) - normal
-        print(
-            f"(d) PBT exploit: step after exploit {statistics.median(exploit_gaps):.3f} s vs "
-            f"normal {normal:.3f} s: extra {extra:.3f} s = {100 * extra / normal:.1f}% of a "
-            f"period (goal <= 10%; {len(exploit_gaps)} exploits, asynchronous PBT)"
-        )
-    else:
-        print("(d) no exploit happened; rerun with more periods")
+    print(f"load average at start: {os.getloadavg()[0]:.1f}")
+    bare = part_a(args, out, uri) if "a" in args.parts else []
+    if "b" in args.parts:
+        bare = bare or bare_periods(config(args.periods, args.period_length, 0.3))
+        part_bc(args, out, uri, bare)
+    if "d" in args.parts:
+        part_d(args, out, uri)
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
     ray.shutdown()
 
 
