@@ -131,3 +131,16 @@ def test_evaluation_sets_decoded_once_into_tensors(folder: Path) -> None:
     assert torch.equal(x, _all(data.val)) and torch.equal(y, data.val.labels)
     assert in_memory(data.test, cpu, max_bytes=100) is data.test  # too big: stays streamed
     assert in_memory(data.test, cpu, max_bytes=0) is data.test  # 0: never
+
+
+def test_device_pixels_give_the_same_batches(folder: Path, tmp_path: Path) -> None:
+    """On CUDA, uint8 batches are standardised on the device (the default there); the same path
+    forced on the CPU gives exactly the float batches."""
+    cpu = torch.device("cpu")
+    data = _load(folder, cache=True, cache_dir=str(tmp_path))
+    floats = StreamBatches(data.train, 5, 3, cpu, 0)
+    pixels = StreamBatches(data.train, 5, 3, cpu, 0, device_pixels=True)
+    assert not floats.device_pixels and pixels.device_pixels
+    for _ in range(7):  # past an epoch end (18 training images: 4 batches)
+        (xa, ya), (xb, yb) = floats.next(), pixels.next()
+        assert xb.dtype == torch.float32 and torch.equal(xa, xb) and torch.equal(ya, yb)
