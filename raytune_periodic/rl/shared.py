@@ -21,9 +21,10 @@ child on a cluster). Importing this module imports neither Ray nor RLlib.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +71,33 @@ class ChildRunner:
         train_eval: bool,
         data: Any = None,
         plugins: Mapping[str, Any] | None = None,
+        threads: int | None = None,
     ) -> None:
         from raytune_periodic.registry import install_plugins
         from raytune_periodic.training.spec import build_engine
 
         install_plugins(plugins or {})  # a Ray actor: the names the driver registered
+        if threads:
+            torch.set_num_threads(threads)
         ranges = {k: (float(v[0]), float(v[1])) for k, v in groups.items()}
         self.bridge = ExternalValues(ranges, train_eval)
+        outer = _rng_state()
         self.engine = build_engine(dict(spec), data=data, controller=self.bridge)
+        self.rng = _rng_state()  # the child's own torch RNG stream (dropout masks, noise)
+        _set_rng_state(outer)
+
+    @contextlib.contextmanager
+    def own_rng(self) -> Iterator[None]:
+        """Run with this child's torch RNG: children stepped in one process (``local``) draw
+        exactly what they would in a process of their own (``runners``), and each child's
+        checkpoint holds its own stream."""
+        outer = _rng_state()
+        _set_rng_state(self.rng)
+        try:
+            yield
+        finally:
+            self.rng = _rng_state()
+            _set_rng_state(outer)
 
     def bounds(self) -> dict[str, tuple[float, float]]:
         """The model's regularizer groups and their valid ranges."""
@@ -85,16 +105,19 @@ class ChildRunner:
 
     def step(self, values: Mapping[str, float]) -> dict[str, Any]:
         self.bridge.next_values = dict(values)
-        return self.engine.step_period().to_dict()
+        with self.own_rng():
+            return self.engine.step_period().to_dict()
 
     def state(self) -> bytes:
         buf = io.BytesIO()
-        torch.save(self.engine.state_dict(), buf)
+        with self.own_rng():
+            torch.save(self.engine.state_dict(), buf)
         return buf.getvalue()
 
     def load(self, blob: bytes) -> None:
         state = torch.load(io.BytesIO(blob), map_location=self.engine.device, weights_only=False)
-        self.engine.load_state_dict(state)
+        with self.own_rng():
+            self.engine.load_state_dict(state)
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.engine.model.state_dict().items()}
@@ -103,6 +126,17 @@ class ChildRunner:
         """(period, periods, status)."""
         eng = self.engine
         return eng.period, eng.options.periods, eng.status
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 class _Child:

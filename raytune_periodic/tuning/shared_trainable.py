@@ -95,7 +95,7 @@ class SharedPPOTrainable(tune.Trainable):
             num_cpus=1, num_gpus=float(shared.get("gpus_per_child", 0.0))
         )
         plugins = self.config["rp"].get("plugins") or {}
-        return [actor.remote(s, patterns, train_eval, None, plugins) for s in self.specs]
+        return [actor.remote(s, patterns, train_eval, None, plugins, 1) for s in self.specs]
 
     @property
     def is_remote(self) -> bool:
