@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from raytune_periodic.controllers.rewards import Reward, make_reward
 from raytune_periodic.records import STATUS_OK, PeriodRecord, PeriodState
 from raytune_periodic.rl.agent import PPOAgent, PPOOptions, Segment
 from raytune_periodic.rl.mdp import MDP, check_record, resolve_groups
+from raytune_periodic.tracking.best_weights import BestWeights
 
 
 class ExternalValues(Controller):
@@ -72,6 +74,7 @@ class ChildRunner:
         data: Any = None,
         plugins: Mapping[str, Any] | None = None,
         threads: int | None = None,
+        name: str = "child",
     ) -> None:
         from raytune_periodic.registry import install_plugins
         from raytune_periodic.training.spec import build_engine
@@ -85,6 +88,8 @@ class ChildRunner:
         self.engine = build_engine(dict(spec), data=data, controller=self.bridge)
         self.rng = _rng_state()  # the child's own torch RNG stream (dropout masks, noise)
         _set_rng_state(outer)
+        self.best = BestWeights(name)  #: best-validation-epoch weights (MLflow models, #16)
+        self.best.attach(self.engine)
 
     @contextlib.contextmanager
     def own_rng(self) -> Iterator[None]:
@@ -119,8 +124,21 @@ class ChildRunner:
         with self.own_rng():
             self.engine.load_state_dict(state)
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self.engine.model.state_dict().items()}
+    def model_files(self) -> dict[str, bytes]:
+        """The best/last weight files of ``tracking/best_weights.py`` (a child's checkpoint
+        folder gets them like a ``PeriodTrainable``'s; bytes, so a remote runner can send them)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.best.save(tmp, self.engine)
+            return {f.name: f.read_bytes() for f in Path(tmp).iterdir()}
+
+    def load_model_files(self, files: Mapping[str, bytes]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            for fname, blob in files.items():
+                (Path(tmp) / Path(fname).name).write_bytes(blob)
+            loaded = BestWeights.load(tmp, self.best.trial_id)
+        if loaded is not None:
+            self.best = loaded
+            self.best.attach(self.engine)
 
     def progress(self) -> tuple[int, int, str]:
         """(period, periods, status)."""

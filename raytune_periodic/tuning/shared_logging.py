@@ -28,6 +28,13 @@ def child_id(trial_id: str, k: int) -> str:
     return f"{trial_id}-c{k}"
 
 
+def child_spec(config: dict[str, Any], k: int) -> dict[str, Any]:
+    """Child ``k``'s run spec (initialised as replicate ``k``)."""
+    from raytune_periodic.training.spec import trial_spec
+
+    return trial_spec({**config, "rp": {**config["rp"], "replicate": k}})
+
+
 class SharedAgentLogging:
     """Child trial runs and agent series of the shared trials of one method's Tuner."""
 
@@ -84,14 +91,22 @@ class SharedAgentLogging:
             return
         checkpoint = getattr(getattr(trial, "checkpoint", None), "path", None)
         n = self.count.get(trial.trial_id) or int(trial.config["rp"]["shared"]["children"])
+        from raytune_periodic.tracking.models import log_trial_models
+
+        rp = trial.config["rp"]
         for k in range(n):
             log = self._child_log(trial, k)
             if log.finished:
                 continue
-            if checkpoint is not None:
-                child_dir = os.path.join(checkpoint, f"child_{k}")
+            child_dir = None if checkpoint is None else os.path.join(checkpoint, f"child_{k}")
+            if child_dir is not None:
                 self.store.set_tag(log.run_id, TAG_CHECKPOINT_PATH, child_dir)
             final = log.status if status == STATUS_OK else STATUS_ERROR
+            log_trial_models(
+                self.store, log.run_id, child_dir, child_spec(trial.config, k),
+                mode=rp.get("log_models", "selected"), seed=rp["seed"], records=log.records,
+                status=final,
+            )  # fmt: skip
             self.store.finish_trial(log.run_id, log.records, final)
             log.finished = True
         if checkpoint is not None and os.path.isdir(os.path.join(checkpoint, R.AGENT_DIR)):

@@ -34,6 +34,7 @@ from raytune_periodic.protocol import trial_results as R
 from raytune_periodic.records import STATUS_DIVERGED, STATUS_OK, PeriodRecord
 from raytune_periodic.rl.mdp import parse_groups
 from raytune_periodic.rl.shared import ChildRunner, SharedAgent
+from raytune_periodic.tracking import best_weights
 from raytune_periodic.training.spec import load_data, parse_run_spec, trial_spec
 
 SHARED_FILE = "shared.pt"
@@ -88,14 +89,24 @@ class SharedPPOTrainable(tune.Trainable):
     ) -> list[Any]:
         if shared.get("layout", "local") == "local":
             data = load_data(parse_run_spec(self.specs[0]))  # one copy for every child
-            return [ChildRunner(s, patterns, train_eval, data=data) for s in self.specs]
+            return [
+                ChildRunner(s, patterns, train_eval, data=data, name=self.child_id(k))
+                for k, s in enumerate(self.specs)
+            ]
         import ray
 
         actor = ray.remote(ChildRunner).options(
             num_cpus=1, num_gpus=float(shared.get("gpus_per_child", 0.0))
         )
         plugins = self.config["rp"].get("plugins") or {}
-        return [actor.remote(s, patterns, train_eval, None, plugins, 1) for s in self.specs]
+        return [
+            actor.remote(s, patterns, train_eval, None, plugins, 1, self.child_id(k))
+            for k, s in enumerate(self.specs)
+        ]
+
+    def child_id(self, k: int) -> str:
+        """Child ``k``'s trial id (its MLflow trial run's ``rp.trial_id``)."""
+        return f"{self.trial_id}-c{k}"
 
     @property
     def is_remote(self) -> bool:
@@ -195,12 +206,14 @@ class SharedPPOTrainable(tune.Trainable):
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         n = len(self.specs)
         blobs = self._call_all(list(range(n)), "state", {})
+        models = self._call_all(list(range(n)), "model_files", {})
         for k in range(n):
             child_dir = os.path.join(checkpoint_dir, f"child_{k}")
             os.makedirs(child_dir, exist_ok=True)
-            with open(os.path.join(child_dir, R.ENGINE_FILE), "wb") as fh:
-                fh.write(blobs[k])
-            meta = {"trial_id": f"{self.trial_id}-c{k}", "period": self.period[k]}
+            for name, blob in {R.ENGINE_FILE: blobs[k], **models[k]}.items():
+                with open(os.path.join(child_dir, name), "wb") as fh:
+                    fh.write(blob)
+            meta = {"trial_id": self.child_id(k), "period": self.period[k]}
             with open(os.path.join(child_dir, R.META_FILE), "w") as fh:
                 json.dump(meta, fh)
         state = {
@@ -220,11 +233,19 @@ class SharedPPOTrainable(tune.Trainable):
         assert isinstance(checkpoint, str)
         state = torch.load(os.path.join(checkpoint, SHARED_FILE), weights_only=False)
         n = len(self.specs)
-        blobs = {}
+        blobs, models = {}, {}
         for k in range(n):
-            with open(os.path.join(checkpoint, f"child_{k}", R.ENGINE_FILE), "rb") as fh:
+            child_dir = os.path.join(checkpoint, f"child_{k}")
+            with open(os.path.join(child_dir, R.ENGINE_FILE), "rb") as fh:
                 blobs[k] = (fh.read(),)
+            files = {}
+            for name in (best_weights.BEST_FILE, best_weights.LAST_FILE, best_weights.META_FILE):
+                if os.path.isfile(os.path.join(child_dir, name)):
+                    with open(os.path.join(child_dir, name), "rb") as fh:
+                        files[name] = fh.read()
+            models[k] = (files,)
         self._call_all(list(range(n)), "load", blobs)
+        self._call_all(list(range(n)), "load_model_files", models)
         self.agent.load_state_dict(state["agent"])
         self.period = list(state["period"])
         self.last = [None if r is None else PeriodRecord.from_dict(r) for r in state["last"]]

@@ -102,6 +102,11 @@ def test_both_layouts_log_children_like_trials_with_equal_compute(tmp_path: Path
     assert agent == ["agent/seed0"]
     table = rp.compare("sharedtest", tracking_uri=uri)
     assert {"PDRL", "SHARED", "SHARED_R"} <= set(table["method"])
+    # the child compare selects is an MLflow model like any trial's (issue 16)
+    for method in ("SHARED", "SHARED_R"):
+        out = tmp_path / f"export-{method}"
+        rp.export("sharedtest", method, 0, out, tracking_uri=uri)
+        assert (out / "model_best").is_dir() and (out / "schedule.csv").is_file()
 
 
 def _shared_steps(db: Path) -> int:
