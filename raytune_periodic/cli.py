@@ -95,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="folder for the models, config and schedule")
     exp.add_argument("--invocation", help="invocation id (default: the latest)")
     exp.add_argument("--register", metavar="NAME", help="also register model/best as NAME")
+    exp.add_argument(
+        "--agent",
+        action="store_true",
+        help="export the method's shared PPO agent (ppo_shared) instead: a warm_start folder",
+    )
     exp.add_argument("--mlflow-uri", help=URI_HELP)
 
     rep = sub.add_parser(
@@ -249,8 +254,15 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from raytune_periodic.report.export import export_model
+    from raytune_periodic.report.export import export_agent, export_model
 
+    if args.agent:
+        path = export_agent(
+            args.experiment, args.method, args.seed, args.out, tracking_uri=args.mlflow_uri,
+            invocation_id=args.invocation,
+        )  # fmt: skip
+        print(f"wrote {path} (the agent of {args.method} seed {args.seed}: use it as warm_start)")
+        return 0
     done = export_model(
         args.experiment, args.method, args.seed, args.out, tracking_uri=args.mlflow_uri,
         invocation_id=args.invocation, register=args.register,

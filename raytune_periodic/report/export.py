@@ -14,6 +14,10 @@ error). ``export_model`` downloads into ``out``:
 
 ``register`` adds ``model/best`` to the MLflow Model Registry as a new version of a registered
 model, tagged with the method, seed, run and headline metrics.
+
+``export_agent`` downloads a ``ppo_shared`` method's agent (the method run's artifact
+``agent/seed<s>``) — a folder a later experiment names as ``warm_start`` (keeps learning) or as a
+``ppo`` controller's ``agent_checkpoint`` (acts only).
 """
 
 from __future__ import annotations
@@ -119,6 +123,45 @@ def export_model(
         selection["registered"] = result.registered
     (out / "selection.json").write_text(json.dumps(selection, indent=1) + "\n")
     return result
+
+
+def export_agent(
+    experiment: str,
+    method: str,
+    seed: int | str,
+    out: str | Path,
+    *,
+    tracking_uri: str | None = None,
+    invocation_id: str | None = None,
+) -> Path:
+    """Download the shared PPO agent of ``method`` at ``seed`` into ``out`` (an agent folder)."""
+    from raytune_periodic.protocol.mlflow_layout import AGENT_ARTIFACT
+    from raytune_periodic.report.compare import load_experiment
+    from raytune_periodic.report.replay import client_for
+    from raytune_periodic.rl.agent import read_agent_meta
+
+    data = load_experiment(tracking_uri, experiment, invocation_id)
+    by_name = {m.name: m for m in data.methods}
+    if method not in by_name or by_name[method].run_id is None:
+        raise ConfigError("method", f"no method {method!r} in {experiment!r}: {sorted(by_name)}")
+    client = client_for(data.tracking_uri)
+    run_id = by_name[method].run_id
+    name = f"{AGENT_ARTIFACT}/seed{seed}"
+    if name not in {f.path for f in client.list_artifacts(run_id, AGENT_ARTIFACT)}:
+        raise ConfigError("method", f"method {method!r} has no agent artifact {name!r}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError("out", f"{out} is not empty: export the agent into a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".download"
+    got = Path(client.download_artifacts(run_id, name, str(tmp)))
+    for item in got.iterdir():
+        item.rename(out / item.name)
+    for leftover in sorted(tmp.rglob("*"), reverse=True):
+        leftover.rmdir()
+    tmp.rmdir()
+    read_agent_meta(out, "agent")  # our agent layout (one-line error otherwise)
+    return out
 
 
 def _model_folder(client: Any, run_id: str, kind: str, out: Path) -> Path:
