@@ -183,6 +183,7 @@ class SharedPPOTrainable(tune.Trainable):
         all_diverged = all(s == STATUS_DIVERGED for s in self.status)
         result: dict[str, Any] = {
             "period": float(min(self.period)),
+            R.PERIODS: min(self.period),  # per child (the progress line's periods)
             R.VAL_F1: max(last_val) if last_val else 0.0,
             R.FULL_VAL_LAST: objective,
             R.OBJECTIVE: objective,
