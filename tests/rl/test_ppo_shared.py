@@ -1,5 +1,5 @@
 """The shared PPO agent (``ppo_shared``): learning from many children, the faithful gap reward,
-warm start and bad layouts — without Tune (the Tune/MLflow path: tests/tuning/test_ppo_shared_tune.py)."""
+warm start and bad layouts — without Tune (through Tune: tests/tuning/test_ppo_shared_tune.py)."""
 
 from __future__ import annotations
 
@@ -158,3 +158,19 @@ def test_child_runner_round_trip() -> None:
     b.load(blob)
     assert b.step({"dropout": 0.5}) == {**r1, "seconds": b.engine.last.seconds}
     assert r1["train_eval_f1"] is not None
+
+
+def test_children_in_one_process_draw_their_own_random_streams() -> None:
+    """Children stepped in turn in one process (``local``) train exactly as each would alone
+    (its own process, ``runners``): dropout masks come from the child's own torch RNG."""
+    alone = ChildRunner(SPEC, {"dropout": [0, 0.7]}, train_eval=False)
+    solo = [alone.step({"dropout": 0.5}) for _ in range(3)]
+    a = ChildRunner(SPEC, {"dropout": [0, 0.7]}, train_eval=False)
+    other = ChildRunner({**SPEC, "train": {**SPEC["train"], "seed": 9}}, {"dropout": [0, 0.7]},
+                        train_eval=False)  # fmt: skip
+    mixed = []
+    for _ in range(3):
+        other.step({"dropout": 0.5})
+        mixed.append(a.step({"dropout": 0.5}))
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in solo]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in mixed] == strip
