@@ -16,6 +16,7 @@ from raytune_periodic.data import load_dataset
 from raytune_periodic.data.pixel_cache import AUTO_MIN_IMAGES, PixelCache, wants_cache
 from raytune_periodic.data.synthetic import write_affectnet
 from raytune_periodic.errors import ConfigError
+from raytune_periodic.training import build_engine
 from raytune_periodic.training.batching import StreamBatches, TensorBatches, in_memory
 
 CLASSES = ["anger", "happy", "sad"]
@@ -144,3 +145,37 @@ def test_device_pixels_give_the_same_batches(folder: Path, tmp_path: Path) -> No
     for _ in range(7):  # past an epoch end (18 training images: 4 batches)
         (xa, ya), (xb, yb) = floats.next(), pixels.next()
         assert xb.dtype == torch.float32 and torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_cached_batches_through_worker_processes(folder: Path, tmp_path: Path) -> None:
+    """The cache travels to DataLoader workers without its memory map (each maps the file)."""
+    data = _load(folder, cache=True, cache_dir=str(tmp_path))
+    cpu = torch.device("cpu")
+    inline = StreamBatches(data.train, 4, 1, cpu, 0)
+    workers = StreamBatches(data.train, 4, 1, cpu, 2)
+    for _ in range(6):
+        (xa, ya), (xb, yb) = inline.next(), workers.next()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    workers.close()
+
+
+def test_engine_keeps_streamed_evaluation_sets_in_memory(folder: Path) -> None:
+    data = _load(folder, cache=False)
+    spec = {
+        "dataset": "affectnet",
+        "model": {"name": "resnet20", "blocks": 1},
+        "train": {"period_length": 3, "periods": 1, "batch_size": 8, "val_batches": 1},
+    }
+    kept = build_engine(spec, data=data)
+    spec["train"]["eval_in_memory_mb"] = 0
+    streamed = build_engine(spec, data=data)
+    assert isinstance(kept.val_set, TensorDataset) and isinstance(kept.test_set, TensorDataset)
+    assert streamed.val_set is data.val and streamed.test_set is data.test
+    a, b = kept.step_period(), streamed.step_period()  # an epoch ends at pass 3 (18 images)
+    assert a.epoch_ended and a.full_val_loss is not None
+    assert (a.train_loss, a.val_loss, a.full_val_loss, a.test_f1) == (
+        b.train_loss,
+        b.val_loss,
+        b.full_val_loss,
+        b.test_f1,
+    )
