@@ -96,7 +96,8 @@ class SharedPPOTrainable(tune.Trainable):
         import ray
 
         actor = ray.remote(ChildRunner).options(
-            num_cpus=1, num_gpus=float(shared.get("gpus_per_child", 0.0))
+            num_cpus=float(shared.get("cpus_per_child", 1.0)),
+            num_gpus=float(shared.get("gpus_per_child", 0.0)),
         )
         plugins = self.config["rp"].get("plugins") or {}
         return [

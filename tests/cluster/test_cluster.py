@@ -139,9 +139,10 @@ def _free_base_port(span: int = 130) -> int:
     return free_port_block(21000, span)  # each test file its own range: no overlap
 
 
-@pytest.fixture
-def local_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A head and one worker raylet (1 CPU each), token auth, stopped by PID."""
+@pytest.fixture(scope="module")
+def local_cluster() -> Iterator[dict[str, Any]]:
+    """A head and one worker raylet (1 CPU each), token auth, stopped by PID; one per module:
+    the shared-agent test runs first, the node-loss test (which kills the worker) last."""
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -195,6 +196,64 @@ def _trial_rows(storage: Path) -> dict[str, list[dict[str, Any]]]:
 def _kill_group(pidfile: Path) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+
+
+SHARED_CONFIG: dict[str, Any] = {
+    "name": "sharedcluster",
+    "seeds": [0],
+    "budget": {"periods": 6, "trials": 2},
+    "base": {
+        "dataset": {"name": "digits", "train_size": 200, "label_noise": 0.3},
+        "model": {"name": "mlp", "hidden": [64]},
+        "regularizers": [{"kind": "dropout", "where": "head"}],
+        "train": {"period_length": 20, "batch_size": 32, "val_batches": 1},
+    },
+    "methods": {
+        # the agent in one 1-CPU bundle, each child a Ray actor in a 0.5-CPU bundle of the same
+        # placement group: on a 1 + 1 CPU cluster, the children run on the other node
+        "SHARED": {
+            "search": "ppo_shared",
+            "layout": "runners",
+            "cpus_per_child": 0.5,
+            "controller": {"type": "ppo", "groups": {"dropout": [0.0, 0.7]}, "reward": "gap",
+                           "train_batch_size": 4, "minibatch_size": 4, "num_epochs": 2},
+        }
+    },
+    "tune": {"checkpoint_every": 2, "verbose": 0},
+}  # fmt: skip
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_shared_ppo_agent_with_child_actors_under_run_address(
+    local_cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    """``ppo_shared`` with ``layout: runners`` under ``run --address`` on the 2-node cluster:
+    one placement group (agent + one bundle per child), no nesting; every child a trial run
+    with every period once, the agent's updates on the method run."""
+    from mlflow import MlflowClient
+
+    cfg_path = tmp_path / "shared.yaml"
+    cfg_path.write_text(yaml.safe_dump(SHARED_CONFIG))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = subprocess.run(
+        [sys.executable, "-m", "raytune_periodic.cli", "run", str(cfg_path), "--address",
+         local_cluster["gcs"], "--mlflow-uri", uri, "--storage-path", str(tmp_path / "ray")],
+        env=local_cluster["env"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("sharedcluster")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    trials = [r for r in runs if r.data.tags.get("rp.kind") == "trial"]
+    assert sorted(r.data.tags["rp.replicate"] for r in trials) == ["0", "1"]
+    for r in trials:
+        assert r.data.tags["rp.status"] == "ok"
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_f1")]
+        assert steps == list(range(6))
+    method = next(r for r in runs if r.data.tags.get("rp.kind") == "method")
+    updates = client.get_metric_history(method.info.run_id, "agent/seed0/updates")
+    assert [m.step for m in updates] == [1, 2, 3]
 
 
 @pytest.mark.integration

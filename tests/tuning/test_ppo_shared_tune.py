@@ -192,7 +192,8 @@ def _bad(change: dict[str, Any]) -> dict[str, Any]:
          "needs a controller of type ppo"),
         ({"perturbation_interval": 4}, "PBT scheduler"),
         ({"layout": "mesh"}, r"methods\.SHARED\.layout"),
-        ({"gpus_per_child": 1}, "GPUs per child need layout: runners"),
+        ({"gpus_per_child": 1}, "resources per child need layout: runners"),
+        ({"layout": "runners", "cpus_per_child": 0}, r"cpus_per_child: must be > 0"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_before_ray(change: dict[str, Any], match: str) -> None:

@@ -14,7 +14,9 @@ YAML::
       search: ppo_shared
       controller: {type: ppo, groups: {dropout: [0.0, 0.7]}, reward: gap, ...}  # as per-trial PPO
       layout: local           # local: all children stepped in the trial's process (CPU)
-                              # runners: one Ray actor per child, gpus_per_child GPUs each
+                              # runners: one Ray actor per child, cpus_per_child CPUs and
+                              # gpus_per_child GPUs each (e.g. 1 and 0.5: two children a GPU)
+      cpus_per_child: 1
       gpus_per_child: 0
       warm_start: path/agent  # optional: start learning from an agent checkpoint
 
@@ -42,7 +44,7 @@ class SharedPPOMethod(SearchMethod):
     """One PPO agent per seed acting for, and learning from, the seed's ``trials`` children."""
 
     search = "ppo_shared"
-    keys = {"controller", "layout", "gpus_per_child", "warm_start", "description"}
+    keys = {"controller", "layout", "cpus_per_child", "gpus_per_child", "warm_start", "description"}
 
     @classmethod
     def check(cls, name, entry, trials, periods, bounds) -> None:  # type: ignore[override]
@@ -59,9 +61,14 @@ class SharedPPOMethod(SearchMethod):
         if not isinstance(ctrl, Mapping) or ctrl.get("type") != "ppo":
             raise ConfigError(f"{fld}.controller", "ppo_shared needs a controller of type ppo")
         choice(entry.get("layout", "local"), f"{fld}.layout", LAYOUTS)
-        gpus = number(entry.get("gpus_per_child", 0.0), f"{fld}.gpus_per_child", 0.0)
-        if gpus and entry.get("layout", "local") != "runners":
-            raise ConfigError(f"{fld}.gpus_per_child", "GPUs per child need layout: runners")
+        for key, default in (("gpus_per_child", 0.0), ("cpus_per_child", 1.0)):
+            if key not in entry:
+                continue
+            amount = number(entry.get(key, default), f"{fld}.{key}", 0.0, 1024.0)
+            if entry.get("layout", "local") != "runners":
+                raise ConfigError(f"{fld}.{key}", "resources per child need layout: runners")
+            if key == "cpus_per_child" and amount <= 0:
+                raise ConfigError(f"{fld}.{key}", f"must be > 0, got {amount}")
         warm = entry.get("warm_start")
         if warm is not None:
             if ctrl.get("agent_checkpoint"):
@@ -94,6 +101,7 @@ class SharedPPOMethod(SearchMethod):
                 "children": self.trials,
                 "layout": self.entry.get("layout", "local"),
                 "gpus_per_child": float(self.entry.get("gpus_per_child", 0.0)),
+                "cpus_per_child": float(self.entry.get("cpus_per_child", 1.0)),
                 "warm_start": None if warm is None else os.path.abspath(os.path.expanduser(warm)),
             }
         }
@@ -112,7 +120,7 @@ class SharedPPOMethod(SearchMethod):
         head = {k.upper(): float(v) for k, v in resources.items() if v}
         if self.entry.get("layout", "local") == "local":
             return tune.with_resources(SharedPPOTrainable, tune.PlacementGroupFactory([head]))
-        child = {"CPU": 1.0}
+        child = {"CPU": float(self.entry.get("cpus_per_child", 1.0))}
         gpus = float(self.entry.get("gpus_per_child", 0.0))
         if gpus:
             child["GPU"] = gpus
@@ -124,7 +132,7 @@ class SharedPPOMethod(SearchMethod):
         cpu = float(resources.get("cpu", 1) or 0)
         gpu = float(resources.get("gpu", 0) or 0)
         if self.entry.get("layout", "local") == "runners":
-            cpu += self.trials
+            cpu += self.trials * float(self.entry.get("cpus_per_child", 1.0))
             gpu += self.trials * float(self.entry.get("gpus_per_child", 0.0))
         return {"CPU": cpu, "GPU": gpu}
 
