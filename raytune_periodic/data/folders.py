@@ -170,15 +170,10 @@ def _finish(
             test_paths, torch.from_numpy(test_labels), size, grayscale, cache=pcache
         ),
     }
-    sample = rng.permutation(len(sets["train"]))[:stat_samples]
-    pixels = torch.stack([sets["train"].raw(int(i)) for i in sample])
-    std, mean = torch.std_mean(pixels, dim=(0, 2, 3), correction=0)
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    for ds in sets.values():
-        ds.set_stats(mean.tolist(), std.tolist())
+    mean, std = _set_stats(sets, rng, stat_samples)
     facts: dict[str, object] = {f"{p}_size": len(d) for p, d in sets.items()}
     facts |= {"seed": int(seed), "label_noise": float(label_noise), "noisy_labels": len(changed)}
-    facts |= {"mean": mean.tolist(), "std": std.tolist(), "classes": classes} | info
+    facts |= {"mean": mean, "std": std, "classes": classes} | info
     if pcache is not None:
         facts["pixel_cache"] = str(pcache.folder)
     return DataSplits(
@@ -190,6 +185,19 @@ def _finish(
         input_shape=(1 if grayscale else 3, size, size),
         info=facts,
     )
+
+
+def _set_stats(
+    sets: dict[str, ImageFiles], rng: np.random.Generator, stat_samples: int
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of a seeded sample of training images, set on every split."""
+    sample = rng.permutation(len(sets["train"]))[:stat_samples]
+    pixels = torch.stack([sets["train"].raw(int(i)) for i in sample])
+    std, mean = torch.std_mean(pixels, dim=(0, 2, 3), correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    for ds in sets.values():
+        ds.set_stats(mean.tolist(), std.tolist())
+    return mean.tolist(), std.tolist()
 
 
 def _pixel_cache(

@@ -70,6 +70,9 @@ def test_changed_folder_gets_a_new_cache(folder: Path, tmp_path: Path) -> None:
     fresh = _load(folder, cache=False)
     assert torch.equal(_all(after.test), _all(fresh.test))
     assert not torch.equal(_all(after.test), _all(before.test))  # the old cache: the old image
+    Image.fromarray(np.zeros((24, 28, 3), dtype=np.uint8)).save(folder / "train" / "sad" / "9.jpg")
+    added = _load(folder, cache=True, cache_dir=str(cache_dir))  # one more file: a new cache too
+    assert added.info["pixel_cache"] not in (after.info["pixel_cache"], before.info["pixel_cache"])
 
 
 def test_cache_options_are_checked(folder: Path, tmp_path: Path) -> None:
