@@ -17,7 +17,6 @@ Location: ``dataset.options.cache_dir``, else ``$RAYTUNE_PERIODIC_CACHE``, else
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -161,6 +160,8 @@ def open_cache(
     key = cache_key(paths, size, mode)
     folder = base / key
     if not (folder / "meta.json").is_file():
+        import fcntl  # POSIX: imported where it is needed
+
         with open(base / f"{key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it: wait
             if not (folder / "meta.json").is_file():

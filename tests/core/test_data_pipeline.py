@@ -162,19 +162,25 @@ def test_cached_batches_through_worker_processes(folder: Path, tmp_path: Path) -
     workers.close()
 
 
-def test_engine_keeps_streamed_evaluation_sets_in_memory(folder: Path) -> None:
-    data = _load(folder, cache=False)
+def test_engine_run_same_with_cache_and_evaluation_sets_in_memory(
+    folder: Path, tmp_path: Path
+) -> None:
+    """A run on the cache, its val/test sets kept as tensors, equals a run decoding every image
+    at every use: the record of a period with an epoch-end evaluation, bit for bit."""
     spec = {
         "dataset": "affectnet",
         "model": {"name": "resnet20", "blocks": 1},
         "train": {"period_length": 3, "periods": 1, "batch_size": 8, "val_batches": 1},
     }
-    kept = build_engine(spec, data=data)
-    spec["train"]["eval_in_memory_mb"] = 0
-    streamed = build_engine(spec, data=data)
+    cached = _load(folder, cache=True, cache_dir=str(tmp_path))
+    kept = build_engine(spec, data=cached)
     assert isinstance(kept.val_set, TensorDataset) and isinstance(kept.test_set, TensorDataset)
-    assert streamed.val_set is data.val and streamed.test_set is data.test
-    a, b = kept.step_period(), streamed.step_period()  # an epoch ends at pass 3 (18 images)
+    a = kept.step_period()  # an epoch ends at pass 3 (18 training images)
+    plain = _load(folder, cache=False)
+    spec["train"]["eval_in_memory_mb"] = 0
+    streamed = build_engine(spec, data=plain)
+    assert streamed.val_set is plain.val and streamed.test_set is plain.test
+    b = streamed.step_period()
     assert a.epoch_ended and a.full_val_loss is not None
     assert (a.train_loss, a.val_loss, a.full_val_loss, a.test_f1) == (
         b.train_loss,
