@@ -55,8 +55,7 @@ class BareLoop:
 
     def __init__(self, engine, data: DataSplits, batch: int, compile_: bool) -> None:
         self.device = engine.device
-        self.model = engine.model  # the engine's own module, reused with a fresh optimizer
-        self.model.load_state_dict(engine.model.state_dict())
+        self.model = engine.model  # a second engine's module: the same initial weights
         cuda = self.device.type == "cuda"
         self.amp = cuda
         self.dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
