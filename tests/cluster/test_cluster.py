@@ -129,7 +129,14 @@ CONFIG: dict[str, Any] = {
     # method start one per node (with actor reuse, a finished head actor can take the second
     # trial before the worker's actor has started, and nothing would run on the worker);
     # max_failures covers the injected worker kill plus the lost node
-    "tune": {"checkpoint_every": 2, "verbose": 0, "reuse_actors": False, "max_failures": 3},
+    # one period per iteration: the node loss is timed by training_iteration
+    "tune": {
+        "checkpoint_every": 2,
+        "verbose": 0,
+        "reuse_actors": False,
+        "max_failures": 3,
+        "iteration_periods": 1,
+    },
 }
 
 
