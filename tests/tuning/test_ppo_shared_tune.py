@@ -41,7 +41,6 @@ CONFIG: dict[str, Any] = {
         "train": {"period_length": 5, "batch_size": 32, "val_batches": 1},
     },
     "methods": {
-        "PDRL": {"controller": PPO},
         "SHARED": {"search": "ppo_shared", "controller": PPO},
         "SHARED_R": {"search": "ppo_shared", "controller": PPO, "layout": "runners"},
     },
@@ -69,11 +68,12 @@ def test_both_layouts_log_children_like_trials_with_equal_compute(tmp_path: Path
     by_method: dict[str, list[Any]] = {}
     for r in trials:
         by_method.setdefault(r.data.tags["rp.method"], []).append(r)
-    assert {m: len(v) for m, v in by_method.items()} == {"PDRL": 2, "SHARED": 2, "SHARED_R": 2}
+    assert {m: len(v) for m, v in by_method.items()} == {"SHARED": 2, "SHARED_R": 2}
     client = MlflowClient(uri)
     for method, children in by_method.items():
         assert sorted(r.data.tags["rp.replicate"] for r in children) == ["0", "1"]
         for r in children:  # each child a trial run like any other: steps, summary, schedule
+            # equal compute: each child runs budget.periods x period_length passes, as a trial
             assert r.data.tags["rp.status"] == "ok"
             assert r.data.metrics["n_periods"] == 6 and r.data.metrics["total_passes"] == 30
             steps = [m.step for m in client.get_metric_history(r.info.run_id, "value/dropout")]
@@ -101,7 +101,7 @@ def test_both_layouts_log_children_like_trials_with_equal_compute(tmp_path: Path
     agent = [a.path for a in client.list_artifacts(shared.info.run_id, "agent")]
     assert agent == ["agent/seed0"]
     table = rp.compare("sharedtest", tracking_uri=uri)
-    assert {"PDRL", "SHARED", "SHARED_R"} <= set(table["method"])
+    assert {"SHARED", "SHARED_R"} <= set(table["method"])
     # the child compare selects is an MLflow model like any trial's (issue 16)
     for method in ("SHARED", "SHARED_R"):
         out = tmp_path / f"export-{method}"
