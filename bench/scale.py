@@ -1,8 +1,11 @@
 """Trials per minute and Tune/MLflow overhead on a local multi-node Ray cluster.
 
 Starts ``launch/local_cluster.sh`` (a head + N worker raylets on this machine, token auth) and,
-unless ``--mlflow-uri`` is given, a real MLflow server on 127.0.0.1 (``launch/mlflow_server.sh``);
-then runs one method with 16, 32 and 64 short trials through the CLI (``run --address``) and
+unless ``--mlflow-uri`` is given, a real MLflow server on 127.0.0.1 (``launch/mlflow_server.sh``)
+on SQLite (``--backend sqlite``) or on the cluster's stack, PostgreSQL + S3 (``--backend
+postgres``: ``mlflow_server.sh --postgres-s3``, PostgreSQL from the ``pgserver`` wheel or
+Debian's binaries, moto's S3); then runs one method with 16 ... 256 short trials through the
+CLI (``run --address``) and
 prints, per count: the CLI's wall time, the Tune span (first trial step started to last trial
 step ended, from the trials' own timestamps: no CLI/Ray start-up), trials per minute over that
 span, the mean trial's own training time (Tune's ``time_total_s``), the overhead per trial
@@ -11,7 +14,7 @@ MLflow writes) and how many MLflow trial runs hold every period exactly once. Th
 should stay flat as the count grows.
 Everything it starts is stopped by PID.
 
-    .venv/bin/python bench/scale.py --workers 2 --counts 16 32 64
+    .venv/bin/python bench/scale.py --workers 2 --counts 16 64 256 --backend postgres
 """
 
 from __future__ import annotations
@@ -77,6 +80,26 @@ def _mlflow_trials(uri: str, experiment: str, periods: int) -> int:
     return ok
 
 
+def _start_server(backend: str, port: int, work: Path, env: dict[str, str]) -> Any:
+    """``launch/mlflow_server.sh`` on SQLite or on PostgreSQL + S3 (moto), its own session."""
+    script = str(ROOT / "launch" / "mlflow_server.sh")
+    args = [script, "--port", str(port), "--data-dir", str(work / "srv")]
+    if backend == "postgres":
+        sys.path.insert(0, str(ROOT / "tests"))
+        from mlflow_server import postgres_bin_dir, runnable_postgres
+
+        bin_dir = postgres_bin_dir()
+        if bin_dir is None:
+            raise SystemExit("no PostgreSQL binaries (pip install pgserver, or Debian's)")
+        env = {**env, "PG_BIN": str(runnable_postgres(bin_dir, work / "install"))}
+        args += ["--postgres-s3", "--s3-port", str(port + 1)]
+    else:
+        args += ["--backend-store-uri", f"sqlite:///{work}/mlflow.db",
+                 "--artifacts-destination", str(work / "artifacts")]  # fmt: skip
+    log = (work / "server.log").open("ab")
+    return subprocess.Popen(args, env=env, stdout=log, stderr=log, start_new_session=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2, help="worker raylets (1 CPU each)")
@@ -85,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--periods", type=int, default=5)
     ap.add_argument("--port", type=int, default=6490, help="head GCS port")
     ap.add_argument("--mlflow-uri", help="use this tracking server instead of starting one")
+    ap.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     args = ap.parse_args(argv)
 
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHON": sys.executable}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.pop("RAY_ADDRESS", None)
     work = Path(tempfile.mkdtemp(prefix="rps-", dir="/tmp"))
+    work.chmod(0o755)  # under root, PostgreSQL runs as nobody and needs to reach its folder
     script = str(ROOT / "launch" / "local_cluster.sh")
     cluster = ["--dir", str(work / "c"), "--port", str(args.port),
                "--dashboard-port", str(args.port + 120)]  # fmt: skip
@@ -101,14 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         if uri is None:
             port = args.port + 200
             uri = f"http://127.0.0.1:{port}"
-            server = subprocess.Popen(
-                [str(ROOT / "launch" / "mlflow_server.sh"), "--port", str(port),
-                 "--backend-store-uri", f"sqlite:///{work}/mlflow.db",
-                 "--artifacts-destination", str(work / "artifacts")],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )  # fmt: skip
-            _wait_healthy(uri, server)
+            server = _start_server(args.backend, port, work, env)
+            _wait_healthy(uri, server, timeout=180)
         subprocess.run(
             [script, "start", "--workers", str(args.workers), "--cpus", "1", "--head-cpus", "0",
              *cluster], env=env, check=True, timeout=300,
@@ -142,9 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         subprocess.run([script, "stop", *cluster], env=env, timeout=120, check=False)
         if server is not None and server.poll() is None:
-            os.killpg(server.pid, 15)
-            server.wait(timeout=30)
-    print(f"\n{args.workers} worker raylets x 1 CPU, {args.periods} periods x 10 steps per trial")
+            if args.backend == "postgres":  # the script stops MLflow, moto, PostgreSQL itself
+                os.kill(server.pid, 15)
+            else:
+                os.killpg(server.pid, 15)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, 9)
+    print(
+        f"\n{args.workers} worker raylets x 1 CPU, {args.periods} periods x 10 steps per trial, "
+        f"MLflow server on {args.backend if args.mlflow_uri is None else args.mlflow_uri}"
+    )
     print(
         "| trials | CLI wall s | Tune span s | trials/min | train s/trial | overhead s/trial "
         "| MLflow trial runs with every period once |"

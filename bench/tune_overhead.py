@@ -50,15 +50,25 @@ INTERVAL = 3  #: (d) perturbation interval, periods
 
 
 class Timeline(tune.Callback):
-    """(trial, wall time at step end, periods in the step, donor, pid) for every result."""
+    """(trial, wall time at step end, periods in the step, donor, pid) for every result, and
+    per step the time between results not spent inside periods (Tune's round trip)."""
 
     def __init__(self) -> None:
         self.rows: list[tuple[str, float, int, Any, int]] = []
+        self.round_trips: list[float] = []
+        self.inside: list[float] = []  #: each period's own time (``period_seconds``)
+        self._last: dict[str, float] = {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        n = len(json.loads(result["rp_records"]))
+        records = json.loads(result["rp_records"])
         donor = result.get("rp_donor_trial")
-        self.rows.append((trial.trial_id, result["rp_wall"], n, donor, result["pid"]))
+        tid, wall = trial.trial_id, result["rp_wall"]
+        self.rows.append((tid, wall, len(records), donor, result["pid"]))
+        self.inside += [r["period_seconds"] for r in records]
+        if tid in self._last and donor is None:
+            inside = sum(r["period_seconds"] for r in records)
+            self.round_trips.append(wall - self._last[tid] - inside)
+        self._last[tid] = wall
 
 
 class TimedMlflow(MlflowCallback):
@@ -165,7 +175,7 @@ def _med(xs: list[float]) -> str:
 
 def part_a(args, out: Path, uri: str) -> list[float]:
     """(a): ratios auto / bare and 1-per-iteration / bare per round; returns the bare periods."""
-    auto, one, bare_all = [], [], []
+    auto, one, bare_all, trips, sizes, inside = [], [], [], [], [], []
     for r in range(args.rounds):
         order = ["bare", "auto", "one"] if r % 2 == 0 else ["one", "auto", "bare"]
         got: dict[str, float] = {}
@@ -179,10 +189,25 @@ def part_a(args, out: Path, uri: str) -> list[float]:
                 cfg = config(args.periods, args.period_length, 0.3, k=k)
                 _, (_, tl) = run_tuner(cfg, out / "ray", uri, name=f"a-{what}-{r}")
                 got[what] = per_period(tl.rows)
+                if what == "auto":
+                    sizes += [n for _, _, n, _, _ in tl.rows]
+                    got["inside"] = statistics.median(tl.inside[1:])
+                else:
+                    trips += tl.round_trips
         auto.append(got["auto"] / got["bare"])
+        inside.append(got["inside"] / got["bare"])
         one.append(got["one"] / got["bare"])
     print(f"(a) period under Tune+MLflow vs bare, default (auto): {_med(auto)} (goal <= 1.05x)")
+    print(
+        f"    periods per iteration with auto: median {statistics.median(sizes)} "
+        f"(bare period {statistics.median(bare_all):.3f} s)"
+    )
+    print(f"    the period's own time inside the Tune worker vs bare: {_med(inside)}")
     print(f"    1 period per Tune iteration: {_med(one)}")
+    print(
+        f"    Tune's round trip per iteration (gap between results minus the periods' own "
+        f"time, 1 period per iteration): median {statistics.median(trips):.3f} s"
+    )
     return bare_all
 
 
@@ -199,7 +224,10 @@ def part_bc(args, out: Path, uri: str, bare: list[float]) -> None:
         f"(b) 8 trials under Tune on 2 CPUs vs serial bare ({serial:.1f} s): {_med(ratios)} "
         f"(goal <= 0.65x, ideal 0.5x)"
     )
-    print(f"(c) driver time in MLflow logging, % of the search: {_med(shares)} (goal <= 5%)")
+    print(
+        f"(c) driver time in MLflow logging: {statistics.median(shares):.1f}% of the search "
+        f"({', '.join(f'{x:.1f}' for x in shares)}) (goal <= 5%)"
+    )
 
 
 def _pbt(ours: bool) -> tuple[Any, Any]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torchvision
 from torch import nn
 
 from raytune_periodic.validation import boolean
+
+if TYPE_CHECKING:  # imported where a ResNet is built: torchvision adds ~2 s to a trial's start
+    import torchvision
 
 SMALL_INPUT = 64  # below this H/W the ImageNet stem (7×7 stride 2 + maxpool) discards too much
 
@@ -36,6 +39,8 @@ def build_resnet18(
     input_shape: tuple[int, ...], num_classes: int, small_stem: bool | None = None
 ) -> torchvision.models.ResNet:
     """ResNet-18; ``small_stem`` None picks the 3×3 stem when H or W < 64. Classifier: ``fc``."""
+    import torchvision
+
     return _resnet(torchvision.models.resnet18, input_shape, num_classes, small_stem)
 
 
@@ -43,4 +48,6 @@ def build_resnet34(
     input_shape: tuple[int, ...], num_classes: int, small_stem: bool | None = None
 ) -> torchvision.models.ResNet:
     """ResNet-34; ``small_stem`` None picks the 3×3 stem when H or W < 64. Classifier: ``fc``."""
+    import torchvision
+
     return _resnet(torchvision.models.resnet34, input_shape, num_classes, small_stem)

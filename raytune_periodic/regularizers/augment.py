@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
 from raytune_periodic.errors import ConfigError
 from raytune_periodic.regularizers.model_level import ModelRegularizer
@@ -39,6 +38,8 @@ def _per_sample(values: torch.Tensor) -> torch.Tensor:
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 3:
+        from torchvision.transforms.v2 import functional as TF  # lazy: ~2 s of trial start-up
+
         return TF.rgb_to_grayscale(x, num_output_channels=1)
     return x.mean(dim=1, keepdim=True)
 
@@ -49,6 +50,8 @@ def apply_augmentation(x: torch.Tensor, params: Mapping[str, torch.Tensor]) -> t
     ``params``: ``hflip``/``vflip`` bool masks and ``brightness``/``contrast``/``saturation``
     factors, each of shape ``(N,)``.
     """
+    from torchvision.transforms.v2 import functional as TF  # lazy: ~2 s of trial start-up
+
     x = torch.where(_per_sample(params["hflip"]), TF.horizontal_flip(x), x)
     x = torch.where(_per_sample(params["vflip"]), TF.vertical_flip(x), x)
     x = (x * _per_sample(params["brightness"])).clamp(0, 1)

@@ -156,3 +156,14 @@ def test_pbt_keeps_few_checkpoints_finds_donors_and_reuses_workers(tmp_path, cap
     for run in client.search_runs([exp.experiment_id], "tags.`rp.kind` = 'trial'"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_f1")]
         assert steps == list(range(8))
+
+
+def test_a_trial_worker_does_not_import_torchvision() -> None:
+    """A trial worker imports the trainable first thing; torchvision (with torch._dynamo) added
+    ~2-4 s to every worker's start-up. It is imported where it is used (CIFAR, ResNet, augment)."""
+    import subprocess
+    import sys
+
+    code = "import sys, raytune_periodic.tuning.trainable; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
