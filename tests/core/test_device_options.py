@@ -10,17 +10,33 @@ import pytest
 import torch
 from torch import nn
 
+from raytune_periodic.data import DataSplits
 from raytune_periodic.errors import ConfigError
-from raytune_periodic.training import build_engine
+from raytune_periodic.training import build_engine, parse_run_spec
 from raytune_periodic.training.device import setup_device
+from raytune_periodic.training.spec import load_data
 
 SPEC = {
     "dataset": {"name": "digits", "train_size": 200},
     "model": {"name": "lenet"},
     "regularizers": [{"kind": "dropout", "where": "head"}],
     "controller": {"type": "periodic_random", "ranges": {"dropout": [0, 0.5]}},
-    "train": {"period_length": 4, "periods": 3, "batch_size": 32, "seed": 2},
-}
+    "train": {"period_length": 4, "periods": 2, "batch_size": 32, "seed": 2},
+}  # 200 / 32: an epoch ends at pass 7, in period 1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread (two spin against each other on a loaded 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits() -> DataSplits:
+    return load_data(parse_run_spec(SPEC))
 
 
 def _spec(**train: object) -> dict:
@@ -33,16 +49,16 @@ def _numbers(records) -> list[tuple[float, ...]]:
     return [(r.train_loss, r.val_loss, r.full_val_loss, r.test_f1) for r in records]
 
 
-def test_defaults_are_no_ops_on_the_cpu() -> None:
+def test_defaults_are_no_ops_on_the_cpu(digits: DataSplits) -> None:
     benchmark = torch.backends.cudnn.benchmark
-    engine = build_engine(SPEC)
+    engine = build_engine(SPEC, data=digits)
     accel = engine.accel
     assert (accel.amp, accel.scaler, accel.channels_last) == (False, False, False)
     assert accel.forward is engine.model and not engine.scaler.is_enabled()
     assert torch.backends.cudnn.benchmark == benchmark  # untouched without CUDA
     default_run = _numbers(engine.run())
     explicit = build_engine(
-        _spec(amp=False, channels_last=False, cudnn_benchmark=False, compile=False)
+        _spec(amp=False, channels_last=False, cudnn_benchmark=False, compile=False), data=digits
     )
     assert default_run == _numbers(explicit.run())  # bit-identical
 
@@ -80,26 +96,30 @@ def test_cuda_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
         ("eval_in_memory_mb", -1),
     ],
 )
-def test_bad_values_name_the_key(key: str, value: object) -> None:
+def test_bad_values_name_the_key(key: str, value: object, digits: DataSplits) -> None:
     with pytest.raises(ConfigError, match=rf"^train\.{key}: "):
-        build_engine(_spec(**{key: value}))
+        build_engine(_spec(**{key: value}), data=digits)
 
 
-def test_compiled_run_equals_eager_and_checkpoints_alike(tmp_path: Path) -> None:
+def test_compiled_run_equals_eager_and_checkpoints_alike(
+    tmp_path: Path, digits: DataSplits
+) -> None:
     """``compile`` wraps the forward passes only: same numbers (dynamo's ``eager`` backend runs
     the captured graph with the same kernels), same state_dict keys, checkpoints interchangeable."""
-    eager = build_engine(SPEC)
-    eager_first = _numbers(eager.run(2))
+    eager = build_engine(SPEC, data=digits)
+    eager_first = _numbers(eager.run(1))
     eager.save(str(tmp_path / "e.pt"))
     eager_rest = _numbers(eager.run())
-    compiled = build_engine(_spec(compile="eager"))
+    compiled = build_engine(_spec(compile="eager"), data=digits)
     assert compiled.accel.forward is not compiled.model
-    assert _numbers(compiled.run(2)) == eager_first
+    assert _numbers(compiled.run(1)) == eager_first
     assert list(compiled.state_dict()["model"]) == list(eager.state_dict()["model"])
     compiled.save(str(tmp_path / "c.pt"))
-    resumed = build_engine(SPEC)  # eager, from the compiled run's checkpoint
+    resumed = build_engine(SPEC, data=digits)  # eager, from the compiled run's checkpoint
     resumed.load(str(tmp_path / "c.pt"))
     assert _numbers(resumed.run()) == eager_rest
-    again = build_engine(_spec(compile="eager"))  # compiled, from the eager run's checkpoint
+    again = build_engine(
+        _spec(compile="eager"), data=digits
+    )  # compiled, from the eager run's checkpoint
     again.load(str(tmp_path / "e.pt"))
     assert _numbers(again.run()) == eager_rest
