@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -140,6 +141,7 @@ def _write(folder: Path, paths: Sequence[Path], size: int, mode: str, workers: i
     out.flush()
     del out
     meta = {"version": VERSION, "size": size, "mode": mode, "images": len(paths)}
+    meta |= {"built_by_pid": os.getpid(), "built_at": time.time()}
     (folder / "meta.json").write_text(json.dumps(meta) + "\n")
 
 

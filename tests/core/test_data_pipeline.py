@@ -3,6 +3,8 @@ decoded once (issue #15 item 5). Real JPEG/PNG files in the AffectNet layout."""
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -197,3 +199,22 @@ def test_engine_run_same_with_cache_and_evaluation_sets_in_memory(
         b.full_val_loss,
         b.test_f1,
     )
+
+
+def _open_in_process(args: tuple[list[Path], str]) -> tuple[str, int]:
+    from raytune_periodic.data.pixel_cache import open_cache
+
+    paths, cache_dir = args
+    cache = open_cache(paths, 16, "RGB", cache_dir)
+    meta = json.loads((cache.folder / "meta.json").read_text())
+    return str(cache.folder), int(meta["built_by_pid"])
+
+
+def test_concurrent_processes_build_one_cache(folder: Path, tmp_path: Path) -> None:
+    """Trials starting together on one node: one builds (under the lock), the other waits and
+    maps the same cache; no half-written folder is left behind."""
+    paths, cache_dir = sorted(folder.rglob("*.jpg")), tmp_path / "cache"
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        got = pool.map(_open_in_process, [(paths, str(cache_dir))] * 3)
+    assert len({f for f, _ in got}) == 1 and len({pid for _, pid in got}) == 1
+    assert [p.name for p in cache_dir.iterdir() if p.is_dir()] == [Path(got[0][0]).name]
