@@ -15,8 +15,9 @@ The engine's ``TrainOptions`` carry four keys, resolved here against the device 
 - ``compile`` (false, true or a backend name such as ``inductor``, ``aot_eager``, ``eager``):
   training and evaluation passes go through ``torch.compile(model)``; the module itself (its
   ``state_dict``, the regularizers' in-place values) is unchanged, so checkpoints load either way.
-  A regularizer value that changes every period is a Python float the compiled graph guards on:
-  expect recompiles (the first ``torch._dynamo.config.cache_size_limit`` of them, then eager).
+  Values set in place each period do not recompile (Dynamo does not specialise on
+  ``PeriodicDropout.p``: one frame for six values); a module branching on its value in Python
+  recompiles per branch, up to ``torch._dynamo.config.recompile_limit``, then runs eagerly.
 
 With the defaults every one of these is a no-op on the CPU: CPU results stay bit-identical.
 """
