@@ -9,6 +9,15 @@ from typing import Any
 
 import pytest
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One intra-op thread for the in-process tiny models: beside Ray workers on a 2-core
+    machine, torch's default threads only contend (a measured 2-10x on the tiny-model tests)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 #: LeNet on digits, two methods, one seed, one trial each, 4 periods (~20 s on 2 CPUs)
 REPORT_CONFIG: dict[str, Any] = {
     "name": "report-itest",
