@@ -257,7 +257,12 @@ class SharedPPOTrainable(tune.Trainable):
         self.replay = [list(h) for h in self.history]  # the callback skips what MLflow has
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
-        return False  # one agent per trial: never reuse the actor for another trial
+        """An actor reused for another trial (``reuse_actors``): a new agent and new children
+        (Tune has already switched ``trial_id``)."""
+        self.cleanup()
+        self.config = new_config
+        self.setup(new_config)
+        return True
 
     def cleanup(self) -> None:
         self.agent.close()

@@ -222,3 +222,24 @@ def test_warm_start_of_another_layout_is_refused(tmp_path: Path) -> None:
     agent.close()
     with pytest.raises(ConfigError, match=r"methods\.SHARED\.warm_start: agent checkpoint"):
         rp.validate(rp.load(_bad({"warm_start": str(path)})))
+
+
+def test_an_actor_reused_for_the_next_seed_starts_a_new_agent(tmp_path: Path) -> None:
+    """``reuse_actors`` (the default) with one trial at a time: the second seed's trial runs in
+    the first one's actor, with a fresh agent and fresh children."""
+    config = copy.deepcopy(CONFIG)
+    config["methods"] = {"SHARED": CONFIG["methods"]["SHARED"]}
+    config["seeds"] = [0, 1]
+    config["budget"]["periods"] = 2
+    config["tune"].update({"max_concurrent": 1, "reuse_actors": True, "num_cpus": 1})
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    outcome = rp.run(
+        rp.load(config), storage_path=str(tmp_path / "ray"), mlflow_uri=uri, progress="none"
+    )
+    assert outcome.ok
+    trials = [r for r in _runs(uri, "sharedtest") if r.data.tags.get("rp.kind") == "trial"]
+    got = sorted((r.data.tags["rp.seed"], r.data.tags["rp.replicate"]) for r in trials)
+    assert got == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+    assert all(
+        r.data.tags["rp.status"] == "ok" and r.data.metrics["n_periods"] == 2 for r in trials
+    )
