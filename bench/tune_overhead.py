@@ -109,6 +109,14 @@ def bare_periods(cfg: dict[str, Any]) -> list[float]:
     return [engine.step_period().seconds for _ in range(cfg["rp"]["periods"])]
 
 
+@ray.remote(num_cpus=1)
+class BareActor:
+    """The bare loop inside a plain Ray worker process (no Tune, no MLflow)."""
+
+    def run(self, cfg: dict[str, Any]) -> list[float]:
+        return bare_periods(cfg)
+
+
 def run_tuner(cfg, store_dir, uri, *, samples=1, scheduler=None, search_alg=None, name="b"):
     from raytune_periodic.tracking import MlflowStore
 
@@ -175,15 +183,21 @@ def _med(xs: list[float]) -> str:
 
 def part_a(args, out: Path, uri: str) -> list[float]:
     """(a): ratios auto / bare and 1-per-iteration / bare per round; returns the bare periods."""
-    auto, one, bare_all, trips, sizes, inside = [], [], [], [], [], []
+    auto, one, bare_all, trips, sizes, inside, in_actor = [], [], [], [], [], [], []
     for r in range(args.rounds):
-        order = ["bare", "auto", "one"] if r % 2 == 0 else ["one", "auto", "bare"]
+        order = ["bare", "auto", "one", "actor"]
+        order = order if r % 2 == 0 else order[::-1]
         got: dict[str, float] = {}
         for what in order:
             if what == "bare":
                 bare = bare_periods(config(args.periods, args.period_length, 0.3))
                 bare_all += bare
                 got[what] = statistics.median(bare[1:])
+            elif what == "actor":
+                actor = BareActor.remote()
+                cfg = config(args.periods, args.period_length, 0.3)
+                got[what] = statistics.median(ray.get(actor.run.remote(cfg))[1:])
+                ray.kill(actor)
             else:
                 k = "auto" if what == "auto" else 1
                 cfg = config(args.periods, args.period_length, 0.3, k=k)
@@ -196,6 +210,7 @@ def part_a(args, out: Path, uri: str) -> list[float]:
                     trips += tl.round_trips
         auto.append(got["auto"] / got["bare"])
         inside.append(got["inside"] / got["bare"])
+        in_actor.append(got["actor"] / got["bare"])
         one.append(got["one"] / got["bare"])
     print(f"(a) period under Tune+MLflow vs bare, default (auto): {_med(auto)} (goal <= 1.05x)")
     print(
@@ -203,6 +218,7 @@ def part_a(args, out: Path, uri: str) -> list[float]:
         f"(bare period {statistics.median(bare_all):.3f} s)"
     )
     print(f"    the period's own time inside the Tune worker vs bare: {_med(inside)}")
+    print(f"    the bare loop in a plain Ray actor (no Tune, no MLflow) vs bare: {_med(in_actor)}")
     print(f"    1 period per Tune iteration: {_med(one)}")
     print(
         f"    Tune's round trip per iteration (gap between results minus the periods' own "
