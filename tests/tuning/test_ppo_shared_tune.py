@@ -102,6 +102,14 @@ def test_both_layouts_log_children_like_trials_with_equal_compute(tmp_path: Path
     assert agent == ["agent/seed0"]
     table = rp.compare("sharedtest", tracking_uri=uri)
     assert {"SHARED", "SHARED_R"} <= set(table["method"])
+    # the agent comes back from MLflow alone as a warm_start folder
+    from raytune_periodic.report.export import export_agent
+    from raytune_periodic.rl.agent import read_agent_meta
+
+    agent_dir = export_agent("sharedtest", "SHARED", 0, tmp_path / "agent", tracking_uri=uri)
+    assert list(read_agent_meta(agent_dir, "agent")["groups"]) == ["dropout"]
+    with pytest.raises(ConfigError, match="no agent artifact 'agent/seed7'"):
+        export_agent("sharedtest", "SHARED", 7, tmp_path / "agent7", tracking_uri=uri)
     # the child compare selects is an MLflow model like any trial's (issue 16)
     for method in ("SHARED", "SHARED_R"):
         out = tmp_path / f"export-{method}"
