@@ -24,15 +24,6 @@ from raytune_periodic.training.batching import StreamBatches, TensorBatches, in_
 CLASSES = ["anger", "happy", "sad"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread (two spin against each other on a loaded 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture()
 def folder(tmp_path: Path) -> Path:
     return write_affectnet(tmp_path / "affectnet", CLASSES, n_train=8, n_val=2, side=24)

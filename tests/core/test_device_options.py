@@ -25,15 +25,6 @@ SPEC = {
 }  # 200 / 32: an epoch ends at pass 7, in period 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread (two spin against each other on a loaded 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits() -> DataSplits:
     return load_data(parse_run_spec(SPEC))

@@ -33,14 +33,6 @@ from raytune_periodic.surrogate.sparseness import DROPOUTS, LAMBDAS, NAMES
 TIMING = ("wall_seconds", "cpu_seconds", "pid", "task_id", "executor")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data() -> DataSplits:
     return load_dataset("digits", train_size=160, seed=0)
