@@ -6,15 +6,13 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from driver_helpers import cli, method_steps
 
 import raytune_periodic as rp
 from raytune_periodic.errors import ConfigError
@@ -117,30 +115,6 @@ def test_both_layouts_log_children_like_trials_with_equal_compute(tmp_path: Path
         assert (out / "model_best").is_dir() and (out / "schedule.csv").is_file()
 
 
-def _shared_steps(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            row = con.execute(
-                "SELECT COUNT(*) FROM metrics m JOIN tags t ON m.run_uuid = t.run_uuid "
-                "WHERE m.key = 'val_f1' AND t.key = 'rp.method' AND t.value = 'SHARED'"
-            ).fetchone()
-    except sqlite3.OperationalError:
-        return 0
-    return int(row[0])
-
-
-def _cli(*args: str, **kw: Any) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "raytune_periodic.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kw,
-    )
-
-
 def test_killed_driver_resumes_without_losing_or_duplicating_a_period(tmp_path: Path) -> None:
     import ray
     from mlflow import MlflowClient
@@ -159,16 +133,16 @@ def test_killed_driver_resumes_without_losing_or_duplicating_a_period(tmp_path: 
     args = ["run", str(cfg_path), "--mlflow-uri", uri, "--storage-path", str(storage),
             "--address", ctx.address_info["gcs_address"]]  # fmt: skip
     try:
-        driver = _cli(*args, cwd=tmp_path)
+        driver = cli(*args, cwd=tmp_path)
         deadline = time.monotonic() + 240
-        while _shared_steps(db) < 10:  # children mid-run: some periods logged, not all
+        while method_steps(db, "SHARED") < 10:  # children mid-run: some periods logged, not all
             assert driver.poll() is None, driver.stdout.read()[-3000:]
             assert time.monotonic() < deadline, "the shared trial never started"
             time.sleep(0.2)
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=60)
-        assert _shared_steps(db) < 48
-        resumed = _cli(*args, "--resume", cwd=tmp_path)
+        assert method_steps(db, "SHARED") < 48
+        resumed = cli(*args, "--resume", cwd=tmp_path)
         out, _ = resumed.communicate(timeout=300)
         assert resumed.returncode == 0, out[-3000:]
     finally:

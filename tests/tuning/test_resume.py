@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from driver_helpers import cli, method_steps
 
 pytestmark = pytest.mark.integration
 
@@ -35,31 +33,6 @@ CONFIG: dict[str, Any] = {
 }
 
 
-def _pd_steps(db: Path) -> int:
-    """Periods of PD trials already in MLflow (read-only peek at the SQLite file)."""
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            row = con.execute(
-                "SELECT COUNT(*) FROM metrics m JOIN tags t ON m.run_uuid = t.run_uuid "
-                "WHERE m.key = 'val_f1' AND t.key = 'rp.method' AND t.value = 'PD'"
-            ).fetchone()
-    except sqlite3.OperationalError:
-        return 0
-    return int(row[0])
-
-
-def _cli(*args: str, **kw: Any) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "raytune_periodic.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kw,
-    )
-
-
 def test_driver_killed_then_resume_finishes_with_every_period_once(tmp_path: Path) -> None:
     import ray
     from mlflow import MlflowClient
@@ -75,9 +48,9 @@ def test_driver_killed_then_resume_finishes_with_every_period_once(tmp_path: Pat
     args = ["run", str(cfg_path), "--mlflow-uri", uri, "--storage-path", str(storage),
             "--address", address]  # fmt: skip
     try:
-        driver = _cli(*args, cwd=tmp_path)
+        driver = cli(*args, cwd=tmp_path)
         deadline = time.monotonic() + 240
-        while _pd_steps(db) < 6:  # PD is mid-run: some periods logged, not all
+        while method_steps(db, "PD") < 6:  # PD is mid-run: some periods logged, not all
             assert driver.poll() is None, driver.stdout.read()[-3000:]
             assert time.monotonic() < deadline, "PD never started"
             time.sleep(0.2)
@@ -86,7 +59,7 @@ def test_driver_killed_then_resume_finishes_with_every_period_once(tmp_path: Pat
         state = json.loads((storage / "resumetest" / "rp_state.json").read_text())
         assert state["tuners"] == {"BL": "done"} and not state.get("finished")
 
-        resumed = _cli(*args, "--resume", cwd=tmp_path)
+        resumed = cli(*args, "--resume", cwd=tmp_path)
         out, _ = resumed.communicate(timeout=300)
         assert resumed.returncode == 0, out[-3000:]
     finally:
