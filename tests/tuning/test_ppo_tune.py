@@ -33,7 +33,14 @@ CONFIG: dict[str, Any] = {
         "BL": {"controller": {"type": "constant", "values": {"dropout": 0.0}}},
         "PDRL": {"controller": PPO},
     },
-    "tune": {"checkpoint_every": 2, "max_failures": 2, "verbose": 0, "num_cpus": 2},
+    # one period per iteration: the fault fires at a step that starts at period 5
+    "tune": {
+        "checkpoint_every": 2,
+        "max_failures": 2,
+        "verbose": 0,
+        "num_cpus": 2,
+        "iteration_periods": 1,
+    },
 }
 
 
