@@ -46,6 +46,16 @@ CONFIG: dict[str, Any] = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _own_ray() -> Any:
+    """The API runs here leave their local Ray up; shut it down after the module so the next
+    module's Ray (and its workers' environment) is its own."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
 def _runs(uri: str, name: str) -> list[Any]:
     from mlflow import MlflowClient
 

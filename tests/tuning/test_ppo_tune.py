@@ -55,7 +55,9 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     marker = tmp / "fault-fired"
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     mp = pytest.MonkeyPatch()
-    # the first trial to start period 5 has its worker process killed (once)
+    # the first trial to start period 5 has its worker process killed (once); a Ray left up by
+    # another module would run workers started without this variable
+    ray.shutdown()
     mp.setenv(FAULT_ENV, f"5:{marker}")
     try:
         run_experiment(validate_config(CONFIG), storage_path=str(tmp / "ray"), mlflow_uri=uri)
