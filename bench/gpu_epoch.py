@@ -13,7 +13,11 @@ Runs anywhere: ``--tiny`` (128 images, batch 32, one CPU thread, thread CPU time
 working on a machine without a GPU; the GPU numbers of docs/BENCHMARKS.md come from the default
 sizes (a CIFAR-10 epoch: 50,000 images, batch 256) on a CUDA machine.
 
-Usage: python bench/gpu_epoch.py [--tiny] [--images N] [--batch B] [--repeats 5] [--compile]
+``--side 224`` (ImageNet stem) measures what a GPU consumes at AffectNet/ImageNet sizes, the number
+``bench/data_pipeline.py``'s per-core rates are compared with.
+
+Usage: python bench/gpu_epoch.py [--tiny] [--images N] [--batch B] [--side 32] [--repeats 5]
+                                 [--compile]
 """
 
 from __future__ import annotations
@@ -33,12 +37,12 @@ from raytune_periodic.training import build_engine
 CLOCK = time.perf_counter
 
 
-def synthetic(n: int, seed: int = 0) -> DataSplits:
+def synthetic(n: int, side: int = 32, seed: int = 0) -> DataSplits:
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, 32, 32, generator=gen)
+    x = torch.randn(n, 3, side, side, generator=gen)
     y = torch.randint(0, 10, (n,), generator=gen)
     small = TensorDataset(x[:64], y[:64])
-    return DataSplits("synthetic_cifar", TensorDataset(x, y), small, small, 10, (3, 32, 32))
+    return DataSplits("synthetic_cifar", TensorDataset(x, y), small, small, 10, (3, side, side))
 
 
 def engine_for(data: DataSplits, batch: int, compile_: bool):
@@ -91,6 +95,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="128 images, batch 32, CPU-sized")
     ap.add_argument("--images", type=int, default=50_000)
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--side", type=int, default=32, help="image side; >= 64 uses the ImageNet stem")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="torch.compile both (inductor)")
     args = ap.parse_args()
@@ -99,7 +104,7 @@ def main() -> None:
         args.images, args.batch = 128, 32
         torch.set_num_threads(1)
         CLOCK = time.thread_time  # a shared 2-core machine: this thread's CPU time
-    data = synthetic(args.images - args.images % args.batch)
+    data = synthetic(args.images - args.images % args.batch, args.side)
     engine = engine_for(data, args.batch, args.compile)
     bare_engine = engine_for(data, args.batch, args.compile)  # its model, same initial weights
     bare = BareLoop(bare_engine, data, args.batch, args.compile)
@@ -107,7 +112,8 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if engine.device.type == "cuda" else "no GPU"
     print(
         f"device {engine.device} ({gpu}); "
-        f"{len(data.train)} images 3x32x32, batch {args.batch}, ResNet-18; engine: amp {a.amp} "
+        f"{len(data.train)} images 3x{args.side}x{args.side}, batch {args.batch}, ResNet-18; "
+        f"engine: amp {a.amp} "
         f"{a.amp_dtype if a.amp else ''}, channels_last {a.channels_last}, compile {args.compile}; "
         f"load {os.getloadavg()[0]:.1f}"
     )
