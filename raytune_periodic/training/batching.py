@@ -70,9 +70,9 @@ class BatchSource:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.gen.set_state(state["gen"])
+        self.gen.set_state(state["gen"].cpu())
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-        self.batches = [b.clone() for b in state["batches"]]
+        self.batches = [b.cpu().clone() for b in state["batches"]]
         self.epoch_ended = False
 
 
@@ -82,9 +82,16 @@ class TensorBatches(BatchSource):
     def __init__(self, dataset: TensorDataset, batch_size: int, seed: int, device: torch.device):
         super().__init__(dataset, batch_size, seed, device)
         self.x, self.y = (t.to(device) for t in dataset.tensors)
+        self._indexed: list[torch.Tensor] | None = None  # this epoch's batches, on the device
+        self._indexed_for: list[torch.Tensor] | None = None
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self._advance().to(self.device, non_blocking=True)
+        if self._indexed_for is not self.batches:  # one host-to-device copy per epoch
+            self._indexed_for = self.batches
+            flat = torch.cat(self.batches).to(self.device, non_blocking=True)
+            self._indexed = list(flat.split([len(b) for b in self.batches]))
+        idx = self._indexed[self.pos]  # type: ignore[index]
+        self._advance()
         return self.x.index_select(0, idx), self.y.index_select(0, idx)
 
 

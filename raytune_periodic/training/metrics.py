@@ -6,9 +6,14 @@ import torch
 
 
 def confusion_update(conf: torch.Tensor, target: torch.Tensor, pred: torch.Tensor) -> None:
-    """Add a batch into a flat ``C*C`` confusion count tensor (row = true, column = predicted)."""
+    """Add a batch into a flat ``C*C`` confusion count tensor (row = true, column = predicted).
+
+    ``index_add_``, not ``bincount``: CUDA's bincount reads the input's maximum back to the host
+    to size its output, a device sync per training step (measured: the engine 1.11x a bare loop
+    on an H200 with it, see docs/BENCHMARKS.md)."""
     c = int(conf.numel() ** 0.5)
-    conf += torch.bincount(target * c + pred, minlength=c * c)
+    idx = target * c + pred
+    conf.index_add_(0, idx, torch.ones_like(idx))
 
 
 def macro_f1(conf: torch.Tensor) -> float:
