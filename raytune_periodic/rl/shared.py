@@ -38,6 +38,7 @@ from raytune_periodic.records import STATUS_OK, PeriodRecord, PeriodState
 from raytune_periodic.rl.agent import PPOAgent, PPOOptions, Segment
 from raytune_periodic.rl.mdp import MDP, check_record, resolve_groups
 from raytune_periodic.tracking.best_weights import BestWeights
+from raytune_periodic.training.engine import load_state
 
 
 class ExternalValues(Controller):
@@ -120,7 +121,7 @@ class ChildRunner:
         return buf.getvalue()
 
     def load(self, blob: bytes) -> None:
-        state = torch.load(io.BytesIO(blob), map_location=self.engine.device, weights_only=False)
+        state = load_state(io.BytesIO(blob))
         with self.own_rng():
             self.engine.load_state_dict(state)
 
@@ -152,9 +153,9 @@ def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
 
 
 def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None]) -> None:
-    torch.set_rng_state(state[0])
+    torch.set_rng_state(state[0].cpu())
     if state[1] is not None:
-        torch.cuda.set_rng_state_all(state[1])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state[1]])
 
 
 class _Child:

@@ -1,6 +1,6 @@
 """The period engine and run specs (pure PyTorch)."""
 
-from raytune_periodic.training.engine import PeriodEngine, TrainOptions, resolve_device
+from raytune_periodic.training.engine import PeriodEngine, TrainOptions, load_state, resolve_device
 from raytune_periodic.training.spec import RunSpec, build_engine, load_data, parse_run_spec
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "TrainOptions",
     "build_engine",
     "load_data",
+    "load_state",
     "parse_run_spec",
     "resolve_device",
 ]

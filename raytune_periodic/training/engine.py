@@ -416,10 +416,10 @@ class PeriodEngine:
         self.controller.load_state_dict(state["controller"])
         self.regularizers.set_values(state["regularizer_values"])
         self.train_batches.load_state_dict(state["train_batches"])
-        self.val_gen.set_state(state["val_gen"])
-        torch.set_rng_state(state["torch_rng"])
+        self.val_gen.set_state(state["val_gen"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         self.period = int(state["period"])
         self.passes = int(state["passes"])
         self.status = str(state["status"])
@@ -430,4 +430,11 @@ class PeriodEngine:
         torch.save(self.state_dict(), path)
 
     def load(self, path: str) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        self.load_state_dict(load_state(path))
+
+
+def load_state(path: Any) -> dict[str, Any]:
+    """A checkpoint read onto the CPU. ``load_state_dict`` copies weights and optimizer state
+    onto the device; RNG states must stay CPU byte tensors (``map_location=cuda`` broke every
+    restore on a GPU: found on an H200, tests/core/test_engine.py)."""
+    return torch.load(path, map_location="cpu", weights_only=False)

@@ -180,7 +180,7 @@ class _TrialBody:
 
     def load_checkpoint(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, R.SURROGATE_FILE)
-        state = torch.load(path, map_location=self.run.device, weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states: CPU
         self.run.load_state_dict(state["run"])
         self.wall, self.cpu = float(state["wall"]), float(state["cpu"])
 

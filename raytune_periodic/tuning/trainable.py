@@ -36,7 +36,7 @@ from raytune_periodic.protocol.trial_results import (  # noqa: F401  (FAULT_ENV:
 )
 from raytune_periodic.records import STATUS_OK
 from raytune_periodic.tracking import best_weights
-from raytune_periodic.training import PeriodEngine, build_engine
+from raytune_periodic.training import PeriodEngine, build_engine, load_state
 from raytune_periodic.training.spec import trial_spec
 from raytune_periodic.tuning.history_log import HistorySegments
 
@@ -177,11 +177,7 @@ class PeriodTrainable(tune.Trainable):
     def load_checkpoint(self, checkpoint: str | dict | None) -> None:
         assert isinstance(checkpoint, str)
         checkpoint = self._exploit_checkpoint(checkpoint)
-        state = torch.load(
-            os.path.join(checkpoint, ENGINE_FILE),
-            map_location=self.engine.device,
-            weights_only=False,
-        )
+        state = load_state(os.path.join(checkpoint, ENGINE_FILE))
         period = int(state["period"])
         owner = state.get(R.STATE_TRIAL_ID)
         if owner is not None and owner != self.trial_id:  # PBT exploit: keep our own periods

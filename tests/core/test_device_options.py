@@ -42,14 +42,15 @@ def _numbers(records) -> list[tuple[float, ...]]:
 
 def test_defaults_are_no_ops_on_the_cpu(digits: DataSplits) -> None:
     benchmark = torch.backends.cudnn.benchmark
-    engine = build_engine(SPEC, data=digits)
+    engine = build_engine(_spec(device="cpu"), data=digits)  # "auto" is CUDA on a GPU node
     accel = engine.accel
     assert (accel.amp, accel.scaler, accel.channels_last) == (False, False, False)
     assert accel.forward is engine.model and not engine.scaler.is_enabled()
     assert torch.backends.cudnn.benchmark == benchmark  # untouched without CUDA
     default_run = _numbers(engine.run())
     explicit = build_engine(
-        _spec(amp=False, channels_last=False, cudnn_benchmark=False, compile=False), data=digits
+        _spec(device="cpu", amp=False, channels_last=False, cudnn_benchmark=False, compile=False),
+        data=digits,
     )
     assert default_run == _numbers(explicit.run())  # bit-identical
 
