@@ -6,13 +6,21 @@ trials on 2 CPUs, one Ray session for all runs) with ``mlflow.log_models: none``
 rotating); prints the median wall time of each and its ratio to ``none`` (goal: ``selected`` <=
 1.05x), and the model artifacts' size per trial that has them.
 
-Usage: python bench/model_logging.py [--rounds 3] [--trials 4] [--periods 30]
+``--fresh``: every search is its own ``raytune-periodic run`` process (Ray started and stopped
+each time, wall time of the whole command), so each pays the once-per-process cost of the first
+model export (torch.export / mlflow.pytorch imports) as a user's command does.
+
+Usage: python bench/model_logging.py [--rounds 3] [--trials 4] [--periods 30] [--fresh]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,7 +59,15 @@ def one(mode: str, args: argparse.Namespace, root: Path, i: int) -> tuple[float,
     tmp = root / f"{mode}-{i}"
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     start = time.perf_counter()
-    run_experiment(cfg, storage_path=str(tmp / "ray"), mlflow_uri=uri, progress="none")
+    if args.fresh:  # the whole command in a new process (JSON is YAML)
+        tmp.mkdir(parents=True)
+        (tmp / "exp.yaml").write_text(json.dumps(config(mode, args.trials, args.periods)))
+        main = "import sys; from raytune_periodic.cli import main; sys.exit(main())"
+        cli = [sys.executable, "-c", main, "run", str(tmp / "exp.yaml"), "-q"]
+        cli += ["--mlflow-uri", uri, "--storage-path", str(tmp / "ray")]
+        subprocess.run(cli, check=True, cwd=tmp, env={**os.environ, "RAY_ADDRESS": ""})
+    else:
+        run_experiment(cfg, storage_path=str(tmp / "ray"), mlflow_uri=uri, progress="none")
     wall = time.perf_counter() - start
     sizes = []
     for model_dir in (tmp / "mlartifacts").rglob("artifacts/model"):
@@ -64,8 +80,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--periods", type=int, default=30)
+    ap.add_argument("--fresh", action="store_true", help="each search: its own CLI process")
     args = ap.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False)
+    if not args.fresh:
+        ray.init(num_cpus=2, include_dashboard=False)
     walls: dict[str, list[float]] = {m: [] for m in MODES}
     sizes: dict[str, list[int]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,9 +93,11 @@ def main() -> None:
                 wall, size = one(mode, args, Path(tmp), r)
                 walls[mode].append(wall)
                 sizes[mode] += size
-    ray.shutdown()
+    if not args.fresh:
+        ray.shutdown()
     base = statistics.median(walls["none"])
-    print(f"{args.trials} trials x {args.periods} periods, {args.rounds} rounds (medians)")
+    how = "a CLI process per search" if args.fresh else "one Ray session"
+    print(f"{args.trials} trials x {args.periods} periods, {args.rounds} rounds (medians), {how}")
     for mode in MODES:
         med = statistics.median(walls[mode])
         per = f"{statistics.median(sizes[mode]) / 1e6:.2f} MB" if sizes[mode] else "-"

@@ -4,9 +4,9 @@ checkpoint in a safe format (torch + json only: imported by the Ray worker, no M
 "Best" is the rule ``tracking.summarize`` (and so ``compare``'s ``test_f1_at_best``) uses: the
 first epoch-end evaluation whose ``full_val_f1`` is the trial's maximum (a later equal value does
 not replace it; non-finite values never count). The weights are copied (to the CPU) right after
-that evaluation, before the rest of the period trains on: the engine's ``_epoch_evaluation`` is
-wrapped on the instance, so the logged model is exactly the one that scored ``best_val_f1`` and
-``test_f1_at_best``. An engine without that method gets period-end snapshots instead.
+that evaluation, before the rest of the period trains on (the engine's
+``epoch_eval_listeners``), so the logged model is exactly the one that scored ``best_val_f1`` and
+``test_f1_at_best``. An engine without listeners gets only its last weights logged.
 
 Checkpoint files (written by ``PeriodTrainable.save_checkpoint`` through ``save``):
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import weakref
 from typing import Any
 
 import torch
@@ -56,7 +57,7 @@ class BestWeights:
         self.period: int | None = None
         self.values: dict[str, float] = {}
         self.state: dict[str, torch.Tensor] | None = None
-        self.engine: Any = None
+        self._engine_ref: weakref.ref[Any] | None = None
 
     def offer(self, f1: Any, engine: Any) -> None:
         """An epoch-end ``full_val_f1`` of ``engine``: keep its weights if it is a new best."""
@@ -68,22 +69,22 @@ class BestWeights:
             self.state = _cpu_state(engine.model)
 
     def attach(self, engine: Any) -> None:
-        """Watch ``engine``'s epoch-end evaluations (once per engine object)."""
-        self.engine = engine
-        inner = getattr(engine, "_epoch_evaluation", None)
-        if inner is None or getattr(inner, "_rp_best", None) is not None:
-            if inner is not None:
-                inner._rp_best[0] = self  # re-attached: the wrapper feeds this tracker now
-            return
-        box = [self]
+        """Watch ``engine``'s epoch-end evaluations (this tracker replaces any other one on it).
 
-        def evaluation() -> Any:
-            fields, extra = inner()
-            box[0].offer(fields.get("full_val_f1"), engine)
-            return fields, extra
+        The engine holds the listener and the tracker only a weak reference back: no reference
+        cycle keeps a replaced engine (a reused actor's previous trial) alive until the next
+        garbage collection."""
+        self._engine_ref = weakref.ref(engine)
+        listeners = getattr(engine, "epoch_eval_listeners", None)
+        if listeners is None:
+            return  # an engine without epoch-end evaluations: only last weights
+        listeners[:] = [f for f in listeners if not isinstance(f, _Offer)] + [_Offer(self)]
 
-        evaluation._rp_best = box  # type: ignore[attr-defined]
-        engine._epoch_evaluation = evaluation
+    @property
+    def engine(self) -> Any:
+        """The engine attached last (None once it is gone)."""
+        ref = getattr(self, "_engine_ref", None)
+        return None if ref is None else ref()
 
     # ------------------------------------------------------------------ checkpoint files
     def save(self, directory: str, engine: Any) -> None:
@@ -120,6 +121,16 @@ class BestWeights:
             out.values = dict(meta.get("best_values") or {})
             out.state = torch.load(path, map_location="cpu", weights_only=True)
         return out
+
+
+class _Offer:
+    """The engine's listener: hands each epoch-end ``full_val_f1`` to its tracker."""
+
+    def __init__(self, tracker: BestWeights) -> None:
+        self.tracker = tracker
+
+    def __call__(self, engine: Any, fields: dict[str, float]) -> None:
+        self.tracker.offer(fields.get("full_val_f1"), engine)
 
 
 def read_meta(directory: str) -> dict[str, Any] | None:

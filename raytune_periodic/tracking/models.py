@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import shutil
+import threading
 import uuid
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -130,6 +131,51 @@ def log_trial_models(
     return kinds
 
 
+# ---------------------------------------------------------------------- first-export cost
+_WARM = threading.Lock()
+_warm_started = False
+
+
+def warm_up_in_background() -> None:
+    """Import, once per process and on a daemon thread, what the first pt2 export needs:
+    ``torch.export``/``torch._dynamo`` and ``mlflow.pytorch`` (~1.5-2.6 s of CPU, measured in
+    bench/tune_overhead.py). Called when a search opens its first trial that will log models,
+    so the imports overlap the trials' start-up instead of delaying the first model write."""
+    global _warm_started
+    with _WARM:
+        if _warm_started:
+            return
+        _warm_started = True
+
+    def warm() -> None:
+        try:
+            import mlflow.pytorch  # noqa: F401
+            import torch.export._trace  # noqa: F401 - the heavy part of the first export
+        except Exception:  # noqa: BLE001 - only a head start: the real export reports errors
+            _log.debug("model export warm-up failed", exc_info=True)
+
+    threading.Thread(target=warm, name="rp-model-export-warmup", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _no_requirement_scan() -> Iterator[None]:
+    """MLflow checks a model's pip requirements against the environment by scanning every
+    installed distribution (~1.3 s the first time in a process). Ours are this process's own
+    torch and MLflow versions, so the check cannot fail: skipped for the duration of a save."""
+    from mlflow.utils import environment
+
+    name = "warn_dependency_requirement_mismatches"
+    original = getattr(environment, name, None)
+    if original is None:  # another MLflow version: nothing to skip
+        yield
+        return
+    setattr(environment, name, lambda *a, **k: None)
+    try:
+        yield
+    finally:
+        setattr(environment, name, original)
+
+
 # ---------------------------------------------------------------------- writer: apply
 def apply_log_models(client: Any, run_id: str, op: Mapping[str, Any]) -> None:
     """The ``log_models`` write (the store's writer thread, or a spool replay): build, save and
@@ -187,15 +233,16 @@ def save_model_dir(
     with torch.no_grad():
         logits = model(example)
     try:
-        mlflow_pytorch.save_model(
-            model,
-            str(path),
-            signature=infer_signature(example.numpy(), logits.numpy()),
-            input_example=example.numpy(),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            extra_files=extra,
-            serialization_format="pt2",
-        )
+        with _no_requirement_scan():
+            mlflow_pytorch.save_model(
+                model,
+                str(path),
+                signature=infer_signature(example.numpy(), logits.numpy()),
+                input_example=example.numpy(),
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                extra_files=extra,
+                serialization_format="pt2",
+            )
     except Exception as exc:  # noqa: BLE001 - torch.export refused the model: weights only
         _log.warning("model %s: no MLflow pt2 flavor (%s); logging the weights only", kind, exc)
         shutil.rmtree(path, ignore_errors=True)

@@ -163,6 +163,9 @@ class PeriodEngine:
         self.passes = 0
         self.status = STATUS_OK
         self.last: PeriodRecord | None = None
+        #: called as ``fn(engine, fields)`` right after each epoch-end evaluation, before
+        #: training goes on (``tracking/best_weights.py`` snapshots the best epoch's weights)
+        self.epoch_eval_listeners: list[Callable[[PeriodEngine, dict[str, float]], None]] = []
 
     # ----------------------------------------------------------------- one period
     def _forward_loss(
@@ -253,6 +256,8 @@ class PeriodEngine:
             self.passes += 1
             if self.train_batches.epoch_ended and self._evaluate_now():
                 epoch_eval, eval_extra = self._epoch_evaluation()
+                for listener in self.epoch_eval_listeners:
+                    listener(self, epoch_eval)
                 self.model.train()
         return float(loss_sum) / n, conf, epoch_eval, eval_extra
 

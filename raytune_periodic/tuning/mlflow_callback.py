@@ -106,6 +106,10 @@ class MlflowCallback(Callback):
         if log is not None:
             return log
         rp = config["rp"]
+        if rp.get("log_models", "selected") != "none":
+            from raytune_periodic.tracking.models import warm_up_in_background
+
+            warm_up_in_background()  # the first model export's imports, overlapped (#16)
         spec = trial_spec(config)
         static = {k: v for k, v in spec.items() if k != "controller" or not config.get("values")}
         params = {

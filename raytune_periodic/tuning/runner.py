@@ -221,6 +221,10 @@ def _run_locked(
     state.data["tracking_uri"] = uri
     state.save()
     store = MlflowStore(uri, cfg.mlflow_experiment)
+    if cfg.mlflow.get("log_models", "selected") != "none":
+        from raytune_periodic.tracking.models import warm_up_in_background
+
+        warm_up_in_background()  # the first model export's imports, while Ray starts (#16)
     inv_run = _start_invocation(cfg, state, uri, store)
     ray = start_ray(address, cfg.tune["num_cpus"], plugin_modules(cfg.plugins))
     check_resources(cfg, ray.cluster_resources(), "the Ray cluster")
