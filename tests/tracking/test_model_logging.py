@@ -167,3 +167,48 @@ def test_bad_models_are_one_line_errors(trained: tuple, tmp_path: Path) -> None:
     info |= {"input_shape": [1, 8, 8], "num_classes": 10}
     with pytest.raises(ConfigError, match="weights do not fit model 'mlp'"):
         build_model(info, torch.load(ckpt / best_weights.BEST_FILE, weights_only=True))
+
+
+def test_a_replaced_engine_is_freed_at_once() -> None:
+    """A reused actor rebuilds its engine per trial: the tracker must not keep the old one alive
+    through a reference cycle (measured: periods ~10 % slower under Tune while old engines
+    lingered until a garbage collection)."""
+    import gc
+    import weakref
+
+    trainable = SimpleNamespace(
+        config={"rp": {"log_models": "selected"}}, trial_id="a", engine=build_engine(SPEC)
+    )
+    best_weights.track(trainable)
+    trainable.engine.run(2)
+    old = weakref.ref(trainable.engine)
+    gc.disable()
+    try:
+        trainable.trial_id, trainable.engine = "b", build_engine(SPEC)  # reset_config
+        best_weights.track(trainable)
+        assert old() is None  # freed by reference counting, no collection needed
+    finally:
+        gc.enable()
+    assert len(trainable.engine.epoch_eval_listeners) == 1
+    best_weights.track(trainable)  # a second track on the same engine adds no listener
+    assert len(trainable.engine.epoch_eval_listeners) == 1
+
+
+def test_the_requirement_scan_is_skipped_only_during_a_save(trained: tuple, tmp_path: Path) -> None:
+    from mlflow.utils import environment
+
+    from raytune_periodic.tracking.models import save_model_dir
+
+    original = environment.warn_dependency_requirement_mismatches
+    calls: list[Any] = []
+    trainable, _, ckpt = trained
+    meta = json.loads((ckpt / best_weights.META_FILE).read_text())
+    state = torch.load(ckpt / best_weights.LAST_FILE, weights_only=True)
+    environment.warn_dependency_requirement_mismatches = calls.append
+    try:
+        save_model_dir(tmp_path / "last", "last", state, meta, SPEC)
+        assert calls == []  # not called inside the save
+        assert environment.warn_dependency_requirement_mismatches == calls.append  # restored
+    finally:
+        environment.warn_dependency_requirement_mismatches = original
+    assert (tmp_path / "last" / "MLmodel").is_file()
