@@ -13,15 +13,21 @@ Checkpoint files (written by ``PeriodTrainable.save_checkpoint`` through ``save`
 - ``rp_best_model.pt`` / ``rp_last_model.pt``: plain state dicts (weights-only loadable);
 - ``rp_models.json``: the owner trial, the best epoch's F1/period/values, the last period's
   values, the model's input shape, class count and class names, and whether the best covers the
-  trial's whole timeline (``complete``: false after a PBT exploit restored in a fresh actor, when
-  the trial's own earlier best was not in memory any more).
+  trial's whole timeline (``complete``).
+
+A PBT exploit restores a *donor's* checkpoint into the trial. Its own best survives in the worker's
+memory, or, when the exploit runs in another worker, in ``<trial folder>/rp_best/best.pt`` of
+Tune's storage (written at each checkpoint whose best changed; read back by ``restore``).
+``complete`` is false only for a trial exploited in another worker before it stored any best.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import posixpath
 import weakref
 from typing import Any
 
@@ -30,6 +36,8 @@ import torch
 BEST_FILE = "rp_best_model.pt"
 LAST_FILE = "rp_last_model.pt"
 META_FILE = "rp_models.json"
+STORED_DIR = "rp_best"  #: in the trial's folder of Tune's storage: its best so far (exploits)
+STORED_FILE = "best.pt"
 LOG_MODELS_KEY = "log_models"  #: ``config["rp"]`` key: selected | all | none
 LOG_MODELS_CHOICES = ("selected", "all", "none")
 
@@ -58,6 +66,7 @@ class BestWeights:
         self.values: dict[str, float] = {}
         self.state: dict[str, torch.Tensor] | None = None
         self._engine_ref: weakref.ref[Any] | None = None
+        self.stored_f1: float | None = None  #: the best written to the trial's storage folder
 
     def offer(self, f1: Any, engine: Any) -> None:
         """An epoch-end ``full_val_f1`` of ``engine``: keep its weights if it is a new best."""
@@ -161,23 +170,73 @@ def track(trainable: Any) -> None:
 
 
 def save(trainable: Any, checkpoint_dir: str) -> None:
-    """In ``save_checkpoint``: the tracker's files next to the engine state."""
+    """In ``save_checkpoint``: the tracker's files next to the engine state, and the best
+    also in the trial's own folder of Tune's storage when it changed (see ``restore``)."""
     if _mode(trainable) == "none":
         return
     track(trainable)
-    trainable._rp_best.save(checkpoint_dir, trainable.engine)
+    tracker: BestWeights = trainable._rp_best
+    tracker.save(checkpoint_dir, trainable.engine)
+    where = _stored_where(trainable)
+    if where is None or tracker.state is None or tracker.f1 == tracker.stored_f1:
+        return
+    fs, folder = where
+    buf = io.BytesIO()
+    meta = {"trial_id": tracker.trial_id, "complete": tracker.complete, "f1": tracker.f1}
+    meta |= {"period": tracker.period, "values": tracker.values}
+    torch.save({"meta": json.dumps(meta), "state": tracker.state}, buf)
+    fs.create_dir(folder, recursive=True)
+    tmp = posixpath.join(folder, f".{STORED_FILE}.{os.getpid()}")
+    with fs.open_output_stream(tmp) as out:
+        out.write(buf.getvalue())
+    fs.move(tmp, posixpath.join(folder, STORED_FILE))  # whole or not at all
+    tracker.stored_f1 = tracker.f1
 
 
 def restore(trainable: Any, checkpoint_dir: str) -> None:
     """In ``load_checkpoint``: the trial's own checkpoint (a crash-resume) restores its tracker;
-    a donor's (a PBT exploit) keeps this trial's tracker when it is still in memory, else the
-    trial starts a tracker marked incomplete (its best before the exploit is lost)."""
+    a donor's (a PBT exploit) keeps this trial's tracker when it is still in memory, else (the
+    trial was exploited in another worker) reads the best its own last checkpoint stored in its
+    trial folder; only a trial without any stored best starts a tracker marked incomplete."""
     if _mode(trainable) == "none":
         return
     own = BestWeights.load(checkpoint_dir, trainable.trial_id)
     current: BestWeights | None = getattr(trainable, "_rp_best", None)
     if own is None and (current is None or current.trial_id != trainable.trial_id):
-        own = BestWeights(trainable.trial_id, complete=False)
+        own = _load_stored(trainable) or BestWeights(trainable.trial_id, complete=False)
     if own is not None:
         trainable._rp_best = own
     trainable._rp_best.attach(trainable.engine)
+
+
+def _stored_where(trainable: Any) -> tuple[Any, str] | None:
+    """(filesystem, folder) of the trial's stored best in Tune's storage (local, NFS or S3)."""
+    storage = getattr(trainable, "_storage", None)
+    if storage is None:
+        return None
+    try:
+        return storage.storage_filesystem, posixpath.join(storage.trial_fs_path, STORED_DIR)
+    except Exception:  # noqa: BLE001 - no trial context (a trainable used directly)
+        return None
+
+
+def _load_stored(trainable: Any) -> BestWeights | None:
+    where = _stored_where(trainable)
+    if where is None:
+        return None
+    fs, folder = where
+    try:
+        with fs.open_input_stream(posixpath.join(folder, STORED_FILE)) as src:
+            blob = src.read()
+    except (FileNotFoundError, OSError):
+        return None
+    data = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    meta = json.loads(data["meta"])
+    if meta.get("trial_id") != trainable.trial_id:
+        return None
+    out = BestWeights(trainable.trial_id, bool(meta.get("complete", True)))
+    out.f1, out.period = float(meta["f1"]), int(meta["period"])
+    out.values = dict(meta.get("values") or {})
+    out.state = data["state"]
+    out.stored_f1 = out.f1
+    return out

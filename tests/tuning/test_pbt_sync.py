@@ -121,3 +121,42 @@ def test_clone_restores_the_donor_checkpoint_of_its_own_iteration(tmp_path) -> N
         _TrainingResult(checkpoint=Checkpoint(str(later)), metrics={"training_iteration": 2})
     )
     assert donor.engine.period == 4
+
+
+def test_an_exploit_in_another_worker_keeps_the_trials_own_best(tmp_path) -> None:
+    """#16: a PBT exploit restores a donor's checkpoint; in a fresh worker the trial's own best
+    (the model ``compare`` reports) comes back from its trial folder, not lost as incomplete."""
+    from types import SimpleNamespace
+
+    import torch
+    from pyarrow import fs as pafs
+
+    def storage(trial: str) -> SimpleNamespace:
+        return SimpleNamespace(  # the two attributes of Tune's StorageContext used here
+            storage_filesystem=pafs.LocalFileSystem(),
+            trial_fs_path=str(tmp_path / trial),
+            persist_artifacts=lambda **_: None,
+        )
+
+    me, donor = _trainable("me"), _trainable("donor")
+    me._storage, donor._storage = storage("me"), storage("donor")
+    for t in (me, donor):
+        for _ in range(4):
+            t.train()
+        (tmp_path / t.trial_id / "ckpt").mkdir(parents=True)
+        t.save_checkpoint(str(tmp_path / t.trial_id / "ckpt"))
+    best = me._rp_best
+    assert best.state is not None and best.f1 is not None
+
+    fresh = _trainable("me")  # the same trial, exploited in another worker
+    fresh._storage = storage("me")
+    fresh.load_checkpoint(str(tmp_path / "donor" / "ckpt"))
+    got = fresh._rp_best
+    assert fresh.donor is not None and got.trial_id == "me" and got.complete
+    assert (got.f1, got.period, got.values) == (best.f1, best.period, best.values)
+    assert all(torch.equal(got.state[k], v) for k, v in best.state.items())
+
+    nothing = _trainable("other")  # no stored best: marked incomplete, as before
+    nothing._storage = storage("other")
+    nothing.load_checkpoint(str(tmp_path / "donor" / "ckpt"))
+    assert nothing._rp_best.trial_id == "other" and not nothing._rp_best.complete
