@@ -163,7 +163,8 @@ class PeriodEngine:
         self.passes = 0
         self.status = STATUS_OK
         self.last: PeriodRecord | None = None
-        #: called as ``fn(engine, fields)`` right after each epoch-end evaluation, before
+        #: called as ``fn(engine, fields)`` at each epoch-end evaluation, while the model holds
+        #: the weights it evaluated (model-level regularizers' ``eval_start`` applied), before
         #: training goes on (``tracking/best_weights.py`` snapshots the best epoch's weights)
         self.epoch_eval_listeners: list[Callable[[PeriodEngine, dict[str, float]], None]] = []
 
@@ -256,8 +257,6 @@ class PeriodEngine:
             self.passes += 1
             if self.train_batches.epoch_ended and self._evaluate_now():
                 epoch_eval, eval_extra = self._epoch_evaluation()
-                for listener in self.epoch_eval_listeners:
-                    listener(self, epoch_eval)
                 self.model.train()
         return float(loss_sum) / n, conf, epoch_eval, eval_extra
 
@@ -367,11 +366,14 @@ class PeriodEngine:
             terms = [h.penalty(self.model) for h in self.hooks if h.has_penalty]
             if terms:  # the model is in train mode again: penalties are live
                 extra["full_val_penalty"] = float(torch.stack(terms).sum().detach())
+            fields = {"full_val_loss": val_loss, "full_val_f1": val_f1}
+            fields |= {"test_loss": test_loss, "test_f1": test_f1}
+            for listener in self.epoch_eval_listeners:
+                listener(self, fields)  # the weights this evaluation saw (PFREWA: averaged)
         finally:
             for hook in reversed(self.hooks):
                 hook.eval_end(self.model)
-        fields = {"full_val_loss": val_loss, "full_val_f1": val_f1}
-        return fields | {"test_loss": test_loss, "test_f1": test_f1}, extra
+        return fields, extra
 
     # ----------------------------------------------------------------- whole runs
     def run(

@@ -212,3 +212,27 @@ def test_the_requirement_scan_is_skipped_only_during_a_save(trained: tuple, tmp_
     finally:
         environment.warn_dependency_requirement_mismatches = original
     assert (tmp_path / "last" / "MLmodel").is_file()
+
+
+def test_pfrewa_best_model_is_the_averaged_one_that_was_evaluated() -> None:
+    """A model-level regularizer (PFREWA's weight average) changes the weights only for the
+    evaluation: the logged best model must be those averaged weights, not the raw ones."""
+    spec = {
+        **SPEC,
+        "regularizers": [{"kind": "ewa", "where": "model", "value": 0.5}],
+        "controller": {"type": "constant"},
+    }
+    trainable = SimpleNamespace(
+        config={"rp": {"log_models": "all"}}, trial_id="ewa", engine=build_engine(spec)
+    )
+    records = []
+    for _ in range(7):
+        best_weights.track(trainable)
+        records += [r.metrics() for r in trainable.engine.run(2)]
+    summary = summarize([{**r, "step": r["period"]} for r in records])
+    tracker = trainable._rp_best
+    assert tracker.f1 == summary["best_val_f1"]
+    probe = build_engine(spec)  # a fresh engine: no period in progress, evaluates as loaded
+    probe.model.load_state_dict(tracker.state)
+    assert probe.evaluate("test")[1] == summary["test_f1_at_best"]
+    assert probe.evaluate("val")[1] == summary["best_val_f1"]
