@@ -310,7 +310,8 @@ def download_model(client: Any, run_id: str, kind: str, dst: str | Path) -> Path
         raise ConfigError(
             "model",
             f"run {run_id} has no {artifact} artifact (its models were not logged: "
-            "mlflow.log_models, or a run from before models were logged)",
+            "mlflow.log_models: none, a surrogate search (they log the spec only), or a run "
+            "from before models were logged)",
         )
     Path(dst).mkdir(parents=True, exist_ok=True)
     return Path(client.download_artifacts(run_id, artifact, str(dst)))
