@@ -42,20 +42,25 @@ SPEC: dict[str, Any] = {
 }
 
 
-def _trained(tmp: Path) -> tuple[Any, list[dict[str, float]], Path]:
-    """A bare engine trained with the trainable's hooks (``track`` before each period batch)
-    and a checkpoint folder holding the tracker's files."""
+def _tracked_run(spec: dict[str, Any], trial_id: str) -> tuple[Any, list[dict[str, float]]]:
+    """A bare engine trained with the trainable's hooks (``track`` before each period batch)."""
     trainable = SimpleNamespace(
-        config={"rp": {"log_models": "all"}}, trial_id="t0", engine=build_engine(SPEC)
+        config={"rp": {"log_models": "all"}}, trial_id=trial_id, engine=build_engine(spec)
     )
     records = []
     for _ in range(7):
         best_weights.track(trainable)
         records += [r.metrics() for r in trainable.engine.run(2)]
+    return trainable, [{**r, "step": r["period"]} for r in records]
+
+
+def _trained(tmp: Path) -> tuple[Any, list[dict[str, float]], Path]:
+    """``_tracked_run`` of SPEC and a checkpoint folder holding the tracker's files."""
+    trainable, records = _tracked_run(SPEC, "t0")
     ckpt = tmp / "checkpoint_000001"
     ckpt.mkdir()
     best_weights.save(trainable, str(ckpt))
-    return trainable, [{**r, "step": r["period"]} for r in records], ckpt
+    return trainable, records, ckpt
 
 
 @pytest.fixture(scope="module")
@@ -222,14 +227,8 @@ def test_pfrewa_best_model_is_the_averaged_one_that_was_evaluated() -> None:
         "regularizers": [{"kind": "ewa", "where": "model", "value": 0.5}],
         "controller": {"type": "constant"},
     }
-    trainable = SimpleNamespace(
-        config={"rp": {"log_models": "all"}}, trial_id="ewa", engine=build_engine(spec)
-    )
-    records = []
-    for _ in range(7):
-        best_weights.track(trainable)
-        records += [r.metrics() for r in trainable.engine.run(2)]
-    summary = summarize([{**r, "step": r["period"]} for r in records])
+    trainable, records = _tracked_run(spec, "ewa")
+    summary = summarize(records)
     tracker = trainable._rp_best
     assert tracker.f1 == summary["best_val_f1"]
     probe = build_engine(spec)  # a fresh engine: no period in progress, evaluates as loaded
