@@ -55,6 +55,8 @@ class Timeline(tune.Callback):
 
     def __init__(self) -> None:
         self.rows: list[tuple[str, float, int, Any, int]] = []
+        #: (trial, wall) of a post-exploit result -> (when its checkpoint load began, seconds)
+        self.restores: dict[tuple[str, float], tuple[float, float]] = {}
         self.round_trips: list[float] = []
         self.inside: list[float] = []  #: each period's own time (``period_seconds``)
         self._last: dict[str, float] = {}
@@ -64,6 +66,8 @@ class Timeline(tune.Callback):
         donor = result.get("rp_donor_trial")
         tid, wall = trial.trial_id, result["rp_wall"]
         self.rows.append((tid, wall, len(records), donor, result["pid"]))
+        if donor is not None and "rp_restore_start" in result:
+            self.restores[(tid, wall)] = (result["rp_restore_start"], result["rp_restore_seconds"])
         self.inside += [r["period_seconds"] for r in records]
         if tid in self._last and donor is None:
             inside = sum(r["period_seconds"] for r in records)
@@ -177,6 +181,22 @@ def exploit_extra(rows: list[tuple[str, float, int, Any, int]]) -> list[float]:
     return out
 
 
+def exploit_parts(tl: Timeline) -> list[tuple[float, float, float]]:
+    """Per exploit: (from the trial's previous result to the start of its checkpoint load —
+    synchronous PBT's barrier, Tune's pause/save/exploit decision; the load in the trial; the
+    rest of the step beyond as many normal periods)."""
+    normal = per_period(tl.rows)
+    last: dict[str, float] = {}
+    out = []
+    for tid, wall, n, donor, _ in tl.rows:
+        hit = tl.restores.get((tid, wall))
+        if donor is not None and tid in last and hit is not None:
+            began, secs = hit
+            out.append((began - last[tid], secs, wall - began - secs - n * normal))
+        last[tid] = wall
+    return out
+
+
 def _med(xs: list[float]) -> str:
     return f"{statistics.median(xs):.3f}x ({', '.join(f'{x:.3f}' for x in xs)})"
 
@@ -272,6 +292,7 @@ def part_d(args, out: Path, uri: str) -> None:
     extras: dict[str, list[float]] = {"ours": [], "stock": []}
     pids: dict[str, list[int]] = {"ours": [], "stock": []}
     normal: dict[str, list[float]] = {"ours": [], "stock": []}
+    parts: dict[str, list[tuple[float, float, float]]] = {"ours": [], "stock": []}
     for r in range(args.rounds):
         for what in ["ours", "stock"] if r % 2 == 0 else ["stock", "ours"]:
             ours = what == "ours"
@@ -286,6 +307,7 @@ def part_d(args, out: Path, uri: str) -> None:
             )
             walls[what].append(wall)
             extras[what] += exploit_extra(tl.rows)
+            parts[what] += exploit_parts(tl)
             normal[what].append(per_period(tl.rows))
             pids[what].append(len({row[4] for row in tl.rows}))
     for what in ("ours", "stock"):
@@ -297,6 +319,14 @@ def part_d(args, out: Path, uri: str) -> None:
                 f"{100 * med / per:.1f}% of a period ({per:.3f} s; {len(ex)} exploits; "
                 f"worker processes per search {pids[what]}) (goal <= 10%)"
             )
+            if parts[what]:
+                wait, load, rest = (statistics.median(x) for x in zip(*parts[what], strict=True))
+                print(
+                    f"    of which: previous result -> checkpoint load starts {wait:+.3f} s "
+                    f"(sync barrier, Tune's pause/save/exploit), the load in the trial "
+                    f"{load:.3f} s = {100 * load / per:.1f}% of a period, rest of the step "
+                    f"{rest:+.3f} s"
+                )
         else:
             print(f"(d) {what}: no exploit happened; rerun with more periods")
     ratio = [o / s for o, s in zip(walls["ours"], walls["stock"], strict=True)]

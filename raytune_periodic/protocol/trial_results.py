@@ -18,6 +18,8 @@ STATUS = "rp_status"  #: ``ok`` | ``diverged``
 WALL = "rp_wall"  #: wall-clock time at the end of the step (benchmarks measure the gaps)
 DONOR_TRIAL = "rp_donor_trial"  #: set once after a PBT exploit: whose checkpoint was restored
 DONOR_PERIOD = "rp_donor_period"  #: ... and the donor's last period in it
+RESTORE_START = "rp_restore_start"  #: ... and when its checkpoint load began (wall clock)
+RESTORE_SECONDS = "rp_restore_seconds"  #: ... and how long the load took in the trial
 DONE = "done"  #: Tune's own stop flag
 PERIODS = "rp_periods"  #: periods the trial has run (PBT's time attribute; iterations vary)
 #: ``ppo_shared``: JSON list, per child ``{"child", "records", "status", "done"}`` — each child is

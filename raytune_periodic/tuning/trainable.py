@@ -83,6 +83,7 @@ class PeriodTrainable(tune.Trainable):
         # killed driver are delivered (the callback skips steps it already has)
         self.history = HistorySegments()
         self.replay: list[dict[str, float]] = []
+        self.restored = (0.0, 0.0)  #: (wall clock, seconds) of the last checkpoint load
 
     def _apply_values(self, config: Mapping[str, Any]) -> None:
         values = config.get("values")
@@ -148,6 +149,7 @@ class PeriodTrainable(tune.Trainable):
         self.replay = []
         if self.donor is not None:
             result[R.DONOR_TRIAL], result[R.DONOR_PERIOD] = self.donor
+            result[R.RESTORE_START], result[R.RESTORE_SECONDS] = self.restored
             self.donor = None
         result[R.PERIODS] = self.engine.period
         every = self.checkpoint_every
@@ -176,6 +178,11 @@ class PeriodTrainable(tune.Trainable):
 
     def load_checkpoint(self, checkpoint: str | dict | None) -> None:
         assert isinstance(checkpoint, str)
+        began, start = time.time(), time.perf_counter()
+        self._load_checkpoint(checkpoint)
+        self.restored = (began, time.perf_counter() - start)  # reported with an exploit
+
+    def _load_checkpoint(self, checkpoint: str) -> None:
         checkpoint = self._exploit_checkpoint(checkpoint)
         state = load_state(os.path.join(checkpoint, ENGINE_FILE))
         period = int(state["period"])
