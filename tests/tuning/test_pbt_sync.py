@@ -155,6 +155,9 @@ def test_an_exploit_in_another_worker_keeps_the_trials_own_best(tmp_path) -> Non
     assert fresh.donor is not None and got.trial_id == "me" and got.complete
     assert (got.f1, got.period, got.values) == (best.f1, best.period, best.values)
     assert all(torch.equal(got.state[k], v) for k, v in best.state.items())
+    result = fresh.train()  # the post-exploit step names the donor and times the load
+    assert result["rp_donor_trial"] == "donor" and 0 <= result["rp_restore_seconds"] < 60
+    assert result["rp_restore_start"] <= result["rp_wall"]
 
     nothing = _trainable("other")  # no stored best: marked incomplete, as before
     nothing._storage = storage("other")
