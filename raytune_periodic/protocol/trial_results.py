@@ -6,6 +6,9 @@ A Tune result is a flat dict. Beside the metrics of the iteration's last period 
 
 from __future__ import annotations
 
+import posixpath
+from typing import Any
+
 #: the metrics ``tune.metric`` may name (all maximised); ``objective`` is the default
 OBJECTIVE = "objective"
 FULL_VAL_LAST = "full_val_f1_last"  #: the last full-validation macro-F1 (0.0 before the first)
@@ -44,3 +47,15 @@ DRIVER_STATE_FILE = "rp_state.json"
 #: test hook: "PERIOD:MARKER" kills the first trial worker that starts period PERIOD (once per
 #: marker file) so fault-tolerance tests exercise Tune's restore from the last checkpoint
 FAULT_ENV = "RAYTUNE_PERIODIC_INJECT_FAULT"
+
+
+def trial_folder(storage: Any, name: str) -> tuple[Any, str] | None:
+    """(filesystem, path) of folder ``name`` in a trial's own folder of Tune's storage (local,
+    NFS or S3): files a trial keeps beside, not inside, its checkpoints (history segments, its
+    best model). None without a trial context (a trainable used directly, e.g. in tests)."""
+    if storage is None:
+        return None
+    try:
+        return storage.storage_filesystem, posixpath.join(storage.trial_fs_path, name)
+    except Exception:  # noqa: BLE001 - no trial context
+        return None

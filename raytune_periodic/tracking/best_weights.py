@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from raytune_periodic.protocol.trial_results import trial_folder
+
 BEST_FILE = "rp_best_model.pt"
 LAST_FILE = "rp_last_model.pt"
 META_FILE = "rp_models.json"
@@ -210,14 +212,8 @@ def restore(trainable: Any, checkpoint_dir: str) -> None:
 
 
 def _stored_where(trainable: Any) -> tuple[Any, str] | None:
-    """(filesystem, folder) of the trial's stored best in Tune's storage (local, NFS or S3)."""
-    storage = getattr(trainable, "_storage", None)
-    if storage is None:
-        return None
-    try:
-        return storage.storage_filesystem, posixpath.join(storage.trial_fs_path, STORED_DIR)
-    except Exception:  # noqa: BLE001 - no trial context (a trainable used directly)
-        return None
+    """(filesystem, folder) of the trial's stored best in Tune's storage."""
+    return trial_folder(getattr(trainable, "_storage", None), STORED_DIR)
 
 
 def _load_stored(trainable: Any) -> BestWeights | None:

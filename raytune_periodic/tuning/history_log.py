@@ -20,6 +20,8 @@ import posixpath
 import time
 from typing import Any
 
+from raytune_periodic.protocol.trial_results import trial_folder
+
 HISTORY_DIR = "rp_history"
 
 
@@ -35,12 +37,7 @@ class HistorySegments:
 
     @staticmethod
     def _where(storage: Any) -> tuple[Any, str] | None:
-        if storage is None:
-            return None
-        try:
-            return storage.storage_filesystem, posixpath.join(storage.trial_fs_path, HISTORY_DIR)
-        except Exception:  # noqa: BLE001 - no trial context: keep segments in memory
-            return None
+        return trial_folder(storage, HISTORY_DIR)
 
     def save(self, storage: Any, period: int) -> None:
         """Write the pending periods as one segment (named by first and end period)."""
