@@ -13,8 +13,9 @@ its original here, so they all start from the same weights.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -96,4 +97,20 @@ def build_original(
     return model, surrogate
 
 
-__all__ = ["build_original", "load_pretrained", "read_state_dict"]
+def rebuild_original(
+    builder: Mapping[str, Any], input_shape: Sequence[int], num_classes: int
+) -> nn.Module:
+    """The original network a surrogate trial logged (``rp_models.json``'s ``builder``: the
+    method's name, options and periods), for a state dict to be loaded into: the pretrained file
+    is not read (the logged weights replace every tensor; the file is often on another machine).
+    """
+    from raytune_periodic.tuning.methods.surrogate import hpo_config
+
+    skip = {"pretrained", "pretrained_strict"}
+    options = {k: v for k, v in dict(builder["options"]).items() if k not in skip}
+    config = hpo_config(str(builder["method"]), options, int(builder["periods"]))
+    shape = SimpleNamespace(input_shape=tuple(input_shape), num_classes=int(num_classes))
+    return build_original(config, shape, None)[0]  # type: ignore[arg-type]
+
+
+__all__ = ["build_original", "load_pretrained", "read_state_dict", "rebuild_original"]

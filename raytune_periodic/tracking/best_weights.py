@@ -29,6 +29,7 @@ import math
 import os
 import posixpath
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -42,6 +43,9 @@ STORED_DIR = "rp_best"  #: in the trial's folder of Tune's storage: its best so 
 STORED_FILE = "best.pt"
 LOG_MODELS_KEY = "log_models"  #: ``config["rp"]`` key: selected | all | none
 LOG_MODELS_CHOICES = ("selected", "all", "none")
+#: ``rp_models.json`` ``builder`` kind of a surrogate search's original network (its method's
+#: options rebuild it: ``surrogate.original.rebuild_original``); absent: the run spec does
+SURROGATE_BUILDER = "surrogate_original"
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -72,12 +76,18 @@ class BestWeights:
 
     def offer(self, f1: Any, engine: Any) -> None:
         """An epoch-end ``full_val_f1`` of ``engine``: keep its weights if it is a new best."""
+        self.offer_model(f1, engine.period, engine.regularizers.values(), engine.model)
+
+    def offer_model(
+        self, f1: Any, period: int, values: Mapping[str, float], model: torch.nn.Module
+    ) -> None:
+        """``offer`` for a trainable without an engine (the surrogate searches' original)."""
         if f1 is None or not math.isfinite(float(f1)):
             return
         if self.f1 is None or float(f1) > self.f1:
-            self.f1, self.period = float(f1), int(engine.period)
-            self.values = {k: float(v) for k, v in engine.regularizers.values().items()}
-            self.state = _cpu_state(engine.model)
+            self.f1, self.period = float(f1), int(period)
+            self.values = {k: float(v) for k, v in values.items()}
+            self.state = _cpu_state(model)
 
     def attach(self, engine: Any) -> None:
         """Watch ``engine``'s epoch-end evaluations (this tracker replaces any other one on it).
@@ -100,22 +110,37 @@ class BestWeights:
     # ------------------------------------------------------------------ checkpoint files
     def save(self, directory: str, engine: Any) -> None:
         """Write the best and last weights and ``rp_models.json`` into ``directory``."""
+        last = {"period": int(engine.period) - 1, "values": engine.regularizers.values()}
+        self.write(directory, engine.model, engine.data, last)
+
+    def write(
+        self,
+        directory: str,
+        model: torch.nn.Module,
+        data: Any,
+        last: Mapping[str, Any],
+        builder: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``save`` for any trainable: ``last`` holds the last period and its values;
+        ``builder`` (``rp_models.json``) tells a reader how to rebuild a model that the run spec
+        alone does not describe (``tracking.models.build_model``)."""
         if self.state is not None:
             torch.save(self.state, os.path.join(directory, BEST_FILE))
-        torch.save(_cpu_state(engine.model), os.path.join(directory, LAST_FILE))
-        data = engine.data
+        torch.save(_cpu_state(model), os.path.join(directory, LAST_FILE))
         meta = {
             "trial_id": self.trial_id,
             "complete": self.complete,
             "best_val_f1": self.f1,
             "best_period": self.period,
             "best_values": self.values,
-            "last_period": int(engine.period) - 1,
-            "last_values": {k: float(v) for k, v in engine.regularizers.values().items()},
+            "last_period": int(last["period"]),
+            "last_values": {k: float(v) for k, v in last["values"].items()},
             "input_shape": [int(x) for x in data.input_shape],
             "num_classes": int(data.num_classes),
             "class_names": class_names(data),
         }
+        if builder is not None:
+            meta["builder"] = dict(builder)
         with open(os.path.join(directory, META_FILE), "w") as fh:
             json.dump(meta, fh)
 

@@ -33,6 +33,7 @@ import math
 import shutil
 import threading
 import uuid
+import warnings
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -51,7 +52,13 @@ from raytune_periodic.protocol.mlflow_layout import (
     TAG_MODELS,
 )
 from raytune_periodic.tracking import is_finite, summarize
-from raytune_periodic.tracking.best_weights import BEST_FILE, LAST_FILE, META_FILE, read_meta
+from raytune_periodic.tracking.best_weights import (
+    BEST_FILE,
+    LAST_FILE,
+    META_FILE,
+    SURROGATE_BUILDER,
+    read_meta,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -117,7 +124,7 @@ def log_trial_models(
     staging = Path(store.spool.path).parent / "models" / uuid.uuid4().hex
     with _as_directory(checkpoint) as directory:
         if read_meta(directory) is None:
-            return []  # a trainable that writes no weights (e.g. the surrogate searches)
+            return []  # a trainable that writes no weights
         staging.mkdir(parents=True)
         kinds = []
         for name in (META_FILE, *_WEIGHT_FILES.values()):
@@ -212,6 +219,7 @@ def model_info(kind: str, meta: Mapping[str, Any], spec: Mapping[str, Any]) -> d
         "num_classes": meta["num_classes"],
         "class_names": meta["class_names"],
         "spec": dict(spec),
+        **({"builder": meta["builder"]} if meta.get("builder") else {}),
     }
 
 
@@ -233,7 +241,10 @@ def save_model_dir(
     with torch.no_grad():
         logits = model(example)
     try:
-        with _no_requirement_scan():
+        with _no_requirement_scan(), warnings.catch_warnings():
+            # the surrogate's sparse head keeps its last z/x for eq. 4's penalty; export only
+            # notes it (those attributes are not part of the exported graph's outputs)
+            warnings.filterwarnings("ignore", message=".*were assigned during export")
             mlflow_pytorch.save_model(
                 model,
                 str(path),
@@ -254,23 +265,36 @@ def save_model_dir(
 # ---------------------------------------------------------------------- readers
 def build_model(info: Mapping[str, Any], state: Mapping[str, Any]) -> torch.nn.Module:
     """The model of ``rp_model.json`` ``info`` with ``state`` loaded, in eval mode; a state dict
-    that does not fit the spec's model is a one-line ConfigError."""
-    from raytune_periodic.models import build_model as build
+    that does not fit the spec's model is a one-line ConfigError. A surrogate search's original
+    (``builder``) is rebuilt from its method's options, the rest from the run spec."""
     from raytune_periodic.regularizers import insert_regularizers
     from raytune_periodic.training.spec import parse_run_spec
 
-    spec = parse_run_spec(info["spec"])
-    opts = dict(spec.model)
-    name = opts.pop("name")
-    model = build(name, tuple(info["input_shape"]), int(info["num_classes"]), **opts)
-    regs = insert_regularizers(model, spec.regularizers)
+    builder = info.get("builder") or {}
+    if builder.get("kind") == SURROGATE_BUILDER:
+        from raytune_periodic.surrogate.fc_head import sparse_head
+        from raytune_periodic.surrogate.original import rebuild_original
+
+        name = str(builder["options"].get("model"))
+        model = rebuild_original(builder, info["input_shape"], int(info["num_classes"]))
+        set_values = sparse_head(model).set_values
+    elif builder:
+        raise ConfigError("model", f"unknown model builder {builder.get('kind')!r}")
+    else:
+        from raytune_periodic.models import build_model as build
+
+        spec = parse_run_spec(info["spec"])
+        opts = dict(spec.model)
+        name = opts.pop("name")
+        model = build(name, tuple(info["input_shape"]), int(info["num_classes"]), **opts)
+        set_values = insert_regularizers(model, spec.regularizers).set_values
     try:
         model.load_state_dict(dict(state))
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise ConfigError("model", f"weights do not fit model {name!r} ({first})") from None
     if info.get("values"):
-        regs.set_values({k: float(v) for k, v in info["values"].items()})
+        set_values({k: float(v) for k, v in info["values"].items()})
     return model.eval()
 
 
@@ -310,8 +334,8 @@ def download_model(client: Any, run_id: str, kind: str, dst: str | Path) -> Path
         raise ConfigError(
             "model",
             f"run {run_id} has no {artifact} artifact (its models were not logged: "
-            "mlflow.log_models: none, a surrogate search (they log the spec only), or a run "
-            "from before models were logged)",
+            "mlflow.log_models: none, a trial the selected rule skipped, or a run from before "
+            "models were logged)",
         )
     Path(dst).mkdir(parents=True, exist_ok=True)
     return Path(client.download_artifacts(run_id, artifact, str(dst)))

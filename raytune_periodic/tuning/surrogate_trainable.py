@@ -21,9 +21,11 @@ from raytune_periodic.surrogate import training as tr
 from raytune_periodic.surrogate.algorithm import SurrogateHPO
 from raytune_periodic.surrogate.config import SurrogateHPOConfig
 from raytune_periodic.surrogate.executors import RayExecutor, SerialExecutor
+from raytune_periodic.surrogate.fc_head import sparse_head
 from raytune_periodic.surrogate.objective import evaluate
 from raytune_periodic.surrogate.original import build_original
 from raytune_periodic.surrogate.sparseness import NAMES, HypParaSet
+from raytune_periodic.tracking.best_weights import SURROGATE_BUILDER, BestWeights
 from raytune_periodic.training.engine import resolve_device
 from raytune_periodic.tuning.methods.surrogate import hpo_config
 
@@ -120,6 +122,8 @@ class _TrialBody:
         options = {**rp["surrogate"]["options"], "model": model.pop("name"),
                    "model_options": model, "seed": int(spec["train"]["seed"])}  # fmt: skip
         cfg = self.cfg = hpo_config(str(rp["method"]), options, int(rp["periods"]))
+        self.builder = {"kind": SURROGATE_BUILDER, "method": str(rp["method"]), "options": options,
+                        "periods": int(rp["periods"])}  # fmt: skip
         self.data, self.wall, self.cpu = load_data(parse_run_spec(spec)), 0.0, 0.0
         if rp["surrogate"]["kind"] == "fixed":
             self.run = FixedRun(cfg, self.data, HypParaSet.from_dict(config["values"]))
@@ -135,14 +139,17 @@ class _TrialBody:
 
     def step(self) -> dict[str, Any]:
         wall0, cpu0, t, run = time.perf_counter(), time.process_time(), self.run.t, self.run
+        tracker = self._models()  # before the iteration: complete iff the trial starts at t=0
         rec = run.iteration()
-        net, opts = run.fused.original if isinstance(run, SurrogateHPO) else run.original, self.cfg
+        net, opts = self.original, self.cfg
         train = evaluate(net, self.data.train, run.device, opts.solver.eval_batch_size, opts.kappa)
         cands = rec.get("candidates", [])
         seconds = time.perf_counter() - wall0
         remote = sum(c["cpu_seconds"] for c in cands if c["task_id"])  # the candidates' processes
         self.wall, self.cpu = self.wall + seconds, self.cpu + time.process_time() - cpu0 + remote
         out = self._record(t, rec, train, cands, seconds)
+        if tracker is not None:  # the best iteration's original, like the engine's (#16)
+            tracker.offer_model(out["val_f1"], t, sparse_head(net).hyp.to_dict(), net)
         ok = math.isfinite(out["val_f1"]) and math.isfinite(out["fit_loss"])
         result = {k: out[k] for k in ("val_f1", "test_f1", "cost/t_ori", "cost/wall_s")}
         score = out["val_f1"] if ok else R.WORST_SCORE  # every tune.metric the config allows
@@ -173,16 +180,38 @@ class _TrialBody:
             out.update({f"cand/{i}/{key}": c[key] for key in CANDIDATE})
         return {k: float(v) for k, v in out.items()}
 
+    def _models(self) -> BestWeights | None:
+        """The trial's best-iteration tracker (None with ``mlflow.log_models: none``)."""
+        if self.config["rp"].get("log_models", "selected") == "none":
+            return None
+        tracker: BestWeights | None = getattr(self, "_rp_best", None)
+        if tracker is None or tracker.trial_id != self.trial_id:  # a reused actor's new trial
+            tracker = self._rp_best = BestWeights(self.trial_id, complete=self.run.t == 0)
+        return tracker
+
+    @property
+    def original(self) -> torch.nn.Module:
+        """The original network as it is after the last iteration."""
+        return self.run.fused.original if isinstance(self.run, SurrogateHPO) else self.run.original
+
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         state = {"run": self.run.state_dict(), R.STATE_TRIAL_ID: self.trial_id}
         torch.save({**state, "wall": self.wall, "cpu": self.cpu},
                    os.path.join(checkpoint_dir, R.SURROGATE_FILE))  # fmt: skip
+        tracker = self._models()
+        if tracker is not None:  # best and last weights, read by tracking/models.py
+            net = self.original
+            last = {"period": self.run.t - 1, "values": sparse_head(net).hyp.to_dict()}
+            tracker.write(checkpoint_dir, net, self.data, last, self.builder)
 
     def load_checkpoint(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, R.SURROGATE_FILE)
         state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states: CPU
         self.run.load_state_dict(state["run"])
         self.wall, self.cpu = float(state["wall"]), float(state["cpu"])
+        own = BestWeights.load(checkpoint, self.trial_id)
+        if own is not None:
+            self._rp_best = own
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         self.setup(new_config)  # an actor reused for another trial of the same method

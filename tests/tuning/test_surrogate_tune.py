@@ -179,6 +179,10 @@ def test_trainable_checkpoint_resumes_exactly(tmp_path: Any) -> None:
         k: v for k, v in b.items() if not k.endswith(timing)
     }
     assert a["period"] == 1 and a["cost/surrogate_trainings"] == pytest.approx(8 / 3)
+    # the best-iteration weights (#16) resume with the trial: same best, same tensors
+    best, again = straight._rp_best, resumed._rp_best
+    assert again.f1 == best.f1 and again.period == best.period and again.values == best.values
+    assert all(torch.equal(again.state[k], v) for k, v in best.state.items())
 
 
 # ----------------------------------------------------------------------------- Ray + MLflow
@@ -230,6 +234,37 @@ def test_each_iteration_is_one_mlflow_step_with_values_candidates_and_cost(
         assert metrics["cost/flops_ratio"] > 1 and metrics["cost/wall_s"] > 0
         assert metrics["cost/cpu_s"] > 0 and metrics["n_periods"] == PERIODS
         assert "best_val_f1" in metrics and "test_f1_at_best" in metrics
+
+
+def test_surrogate_models_export_from_mlflow_and_score_test_f1_at_best(
+    experiment: dict, tmp_path: Any
+) -> None:
+    """A surrogate search's selected original is an MLflow model like any trial's (#16): it
+    rebuilds from its method's options, loads weights-only, and its weights are the ones that
+    scored ``test_f1_at_best``; ``mlflow.pytorch.load_model`` gives the same logits."""
+    import mlflow
+
+    import raytune_periodic as rp
+    from raytune_periodic.report.compare import load_experiment
+    from raytune_periodic.report.table import selected_by_seed
+    from raytune_periodic.surrogate.objective import evaluate
+    from raytune_periodic.tracking.models import load_model_dir
+    from raytune_periodic.training.spec import load_data, parse_run_spec
+
+    uri = experiment["uri"]
+    done = rp.export(CONFIG["name"], "DE", 0, tmp_path / "out", tracking_uri=uri)
+    methods = {m.name: m for m in load_experiment(uri, CONFIG["name"]).methods}
+    chosen = selected_by_seed(methods["DE"].trials)["0"]
+    assert done.run_id == chosen.run_id and set(done.models) == {"best", "last"}
+    model, info = load_model_dir(done.models["best"])
+    assert info["builder"]["method"] == "DE" and len(info["values"]) == len(NAMES)
+    assert info["period"] in range(PERIODS) and info["val_f1"] == chosen.summary["best_val_f1"]
+    test = load_data(parse_run_spec(info["spec"])).test
+    assert evaluate(model, test, "cpu", 64, 0.0)["macro_f1"] == chosen.summary["test_f1_at_best"]
+    flavor = mlflow.pytorch.load_model(str(done.models["best"]))
+    x = torch.zeros(3, *info["input_shape"])
+    with torch.no_grad():
+        assert torch.allclose(flavor(x), model(x), atol=1e-5)
 
 
 def test_compare_lists_all_three_methods(experiment: dict) -> None:
