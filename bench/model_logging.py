@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="each search: its own CLI process")
     args = ap.parse_args()
     if not args.fresh:
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
     walls: dict[str, list[float]] = {m: [] for m in MODES}
     sizes: dict[str, list[int]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory() as tmp:

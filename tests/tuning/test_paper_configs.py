@@ -176,7 +176,7 @@ def in_process(
         seconds[name] = time.perf_counter() - start
 
     start = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         with ThreadPoolExecutor(max_workers=2) as pool:
             for future in [pool.submit(run, name) for name in raws]:
