@@ -5,6 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 QUICKSTART_OUT ?= runs/quickstart
+# test processes (pytest-xdist; whole files per process, so module fixtures run once): 2 fits
+# the 2-core CI machine, where most of a test's time is Ray and subprocess start-up
+TEST_WORKERS ?= 2
 
 .PHONY: install quickstart test lint format bench clean
 
@@ -23,7 +26,7 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -39,6 +39,7 @@ from raytune_periodic.rl.agent import PPOAgent, PPOOptions, Segment
 from raytune_periodic.rl.mdp import MDP, check_record, resolve_groups
 from raytune_periodic.tracking.best_weights import BestWeights
 from raytune_periodic.training.engine import load_state
+from raytune_periodic.training.process import prepare_process
 
 
 class ExternalValues(Controller):
@@ -81,8 +82,7 @@ class ChildRunner:
         from raytune_periodic.training.spec import build_engine
 
         install_plugins(plugins or {})  # a Ray actor: the names the driver registered
-        if threads:
-            torch.set_num_threads(threads)
+        prepare_process(threads)
         ranges = {k: (float(v[0]), float(v[1])) for k, v in groups.items()}
         self.bridge = ExternalValues(ranges, train_eval)
         outer = _rng_state()

@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from raytune_periodic.data._base import DataSplits
 from raytune_periodic.errors import ConfigError
@@ -41,6 +40,7 @@ from raytune_periodic.surrogate.training import (
     train_steps,
 )
 from raytune_periodic.training.engine import resolve_device
+from raytune_periodic.training.process import prepare_process
 from raytune_periodic.validation import bounded_range, choice, integer
 
 
@@ -112,8 +112,7 @@ def evaluate_setting(
     payload: Mapping[str, Any], *, data: DataSplits, config: SurrogateHPOConfig
 ) -> dict[str, Any]:
     """Executor task: :func:`train_original` for ``{"index", "hyp", "threads", "executor"}``."""
-    if payload.get("threads"):
-        torch.set_num_threads(int(payload["threads"]))
+    prepare_process(payload.get("threads"))
     out: dict[str, Any] = train_original(config, data, payload["hyp"])
     return {
         "index": int(payload["index"]),

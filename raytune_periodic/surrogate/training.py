@@ -26,6 +26,7 @@ from raytune_periodic.data._base import DataSplits
 from raytune_periodic.surrogate.fc_head import SparseTwoFC, sparse_head
 from raytune_periodic.surrogate.objective import KAPPA, evaluate
 from raytune_periodic.training.batching import make_batches
+from raytune_periodic.training.process import prepare_process
 from raytune_periodic.validation import integer, number
 
 StepLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -151,8 +152,7 @@ def evaluate_candidate(
     and where it ran (pid, Ray task id).
     """
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    if setup.get("threads"):
-        torch.set_num_threads(int(setup["threads"]))
+    prepare_process(setup.get("threads"))
     device = torch.device(setup.get("device", "cpu"))
     opts: SolverOptions = setup["solver"]
     net = copy.deepcopy(model).to(device)

@@ -244,7 +244,7 @@ def save_model_dir(
         with _no_requirement_scan(), warnings.catch_warnings():
             # the surrogate's sparse head keeps its last z/x for eq. 4's penalty; export only
             # notes it (those attributes are not part of the exported graph's outputs)
-            warnings.filterwarnings("ignore", message=".*were assigned during export")
+            warnings.filterwarnings("ignore", message=".*assigned during export")
             mlflow_pytorch.save_model(
                 model,
                 str(path),

@@ -35,6 +35,7 @@ from raytune_periodic.records import STATUS_DIVERGED, STATUS_OK, PeriodRecord
 from raytune_periodic.rl.mdp import parse_groups
 from raytune_periodic.rl.shared import ChildRunner, SharedAgent
 from raytune_periodic.tracking import best_weights
+from raytune_periodic.training.process import prepare_process
 from raytune_periodic.training.spec import load_data, parse_run_spec, trial_spec
 
 SHARED_FILE = "shared.pt"
@@ -57,7 +58,7 @@ class SharedPPOTrainable(tune.Trainable):
 
     def setup(self, config: dict[str, Any]) -> None:
         rp = config["rp"]
-        torch.set_num_threads(max(1, int(rp.get("threads", 1))))
+        prepare_process(rp.get("threads", 1))
         shared = rp["shared"]
         self.specs, ctrl = child_specs(config)
         self.iteration_periods = rp.get("iteration_periods", 1)

@@ -27,6 +27,7 @@ from raytune_periodic.surrogate.original import build_original
 from raytune_periodic.surrogate.sparseness import NAMES, HypParaSet
 from raytune_periodic.tracking.best_weights import SURROGATE_BUILDER, BestWeights
 from raytune_periodic.training.engine import resolve_device
+from raytune_periodic.training.process import prepare_process
 from raytune_periodic.tuning.methods.surrogate import hpo_config
 
 RENAMED = {"lr": "lr", "fit_loss": "fused_train_loss", "val_f1": "original_val_f1",  # ← record
@@ -116,7 +117,7 @@ class _TrialBody:
     def setup(self, config: Mapping[str, Any]) -> None:
         from raytune_periodic.training.spec import load_data, parse_run_spec, trial_spec
 
-        torch.set_num_threads(max(1, int(config["rp"].get("threads", 1))))
+        prepare_process(config["rp"].get("threads", 1))
         rp, spec = config["rp"], trial_spec(config)
         model = dict(spec["model"])
         options = {**rp["surrogate"]["options"], "model": model.pop("name"),

@@ -37,6 +37,7 @@ from raytune_periodic.protocol.trial_results import (  # noqa: F401  (FAULT_ENV:
 from raytune_periodic.records import STATUS_OK
 from raytune_periodic.tracking import best_weights
 from raytune_periodic.training import PeriodEngine, build_engine, load_state
+from raytune_periodic.training.process import prepare_process
 from raytune_periodic.training.spec import trial_spec
 from raytune_periodic.tuning.history_log import HistorySegments
 
@@ -63,7 +64,7 @@ class PeriodTrainable(tune.Trainable):
     checkpoints_by_period = True
 
     def setup(self, config: dict[str, Any]) -> None:
-        torch.set_num_threads(max(1, int(config["rp"].get("threads", 1))))
+        prepare_process(config["rp"].get("threads", 1))
         self._build(config)
 
     def _build(self, config: Mapping[str, Any]) -> None:

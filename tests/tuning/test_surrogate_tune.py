@@ -265,6 +265,12 @@ def test_surrogate_models_export_from_mlflow_and_score_test_f1_at_best(
     x = torch.zeros(3, *info["input_shape"])
     with torch.no_grad():
         assert torch.allclose(flavor(x), model(x), atol=1e-5)
+    # Grad-CAM of every method's best trial, surrogate searches included, from MLflow alone
+    from raytune_periodic.cli import main
+
+    out = tmp_path / "cam.png"
+    args = ["gradcam", "--experiment", CONFIG["name"], "--images", "0", "--out", str(out)]
+    assert main([*args, "--mlflow-uri", uri]) == 0 and out.stat().st_size > 0
 
 
 def test_compare_lists_all_three_methods(experiment: dict) -> None:
