@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray import tune
 
 from raytune_periodic.training import build_engine
+from raytune_periodic.training.process import prepare_process
 from raytune_periodic.training.spec import trial_spec
 from raytune_periodic.tuning.methods.pbt import make_clip_explore
 from raytune_periodic.tuning.mlflow_callback import MlflowCallback
@@ -108,7 +108,7 @@ def config(
 
 
 def bare_periods(cfg: dict[str, Any]) -> list[float]:
-    torch.set_num_threads(1)
+    prepare_process(1)  # what a trial process does: one thread, freed memory kept (malloc)
     engine = build_engine(trial_spec(cfg))
     return [engine.step_period().seconds for _ in range(cfg["rp"]["periods"])]
 
