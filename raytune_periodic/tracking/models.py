@@ -138,6 +138,13 @@ def log_trial_models(
     return kinds
 
 
+#: one torch.export at a time in this process: torch saves and restores its process-global
+#: "compiling"/"exporting" flags around each export, so two overlapping exports (two stores'
+#: writer threads, e.g. two searches run from threads of one process) can leave both flags set
+#: for good; every later ``torch.compile`` is then a no-op and eager code that asks
+#: ``torch.compiler.is_compiling()`` (torch.optim) takes its compiled-mode paths
+_EXPORT = threading.Lock()
+
 # ---------------------------------------------------------------------- first-export cost
 _WARM = threading.Lock()
 _warm_started = False
@@ -241,7 +248,7 @@ def save_model_dir(
     with torch.no_grad():
         logits = model(example)
     try:
-        with _no_requirement_scan(), warnings.catch_warnings():
+        with _EXPORT, _no_requirement_scan(), warnings.catch_warnings():
             # the surrogate's sparse head keeps its last z/x for eq. 4's penalty; export only
             # notes it (those attributes are not part of the exported graph's outputs)
             warnings.filterwarnings("ignore", message=".*assigned during export")

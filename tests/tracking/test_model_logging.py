@@ -219,6 +219,34 @@ def test_the_requirement_scan_is_skipped_only_during_a_save(trained: tuple, tmp_
     assert (tmp_path / "last" / "MLmodel").is_file()
 
 
+def test_exports_from_two_threads_leave_torch_out_of_compile_mode(
+    trained: tuple, tmp_path: Path
+) -> None:
+    """Two stores exporting at once (two searches in threads of one process): torch keeps its
+    exporting/compiling flags process-wide and restores them per export, so overlapping exports
+    could leave them set and every later ``torch.compile`` a no-op. Exports are serialised."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from raytune_periodic.tracking.models import save_model_dir
+
+    _, _, ckpt = trained
+    meta = json.loads((ckpt / best_weights.META_FILE).read_text())
+    state = torch.load(ckpt / best_weights.LAST_FILE, weights_only=True)
+    start = Barrier(2)
+
+    def export(i: int) -> None:
+        (tmp_path / str(i)).mkdir()
+        start.wait()
+        save_model_dir(tmp_path / str(i) / "last", "last", state, meta, SPEC)
+
+    for pair in range(3):
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(export, [2 * pair, 2 * pair + 1]))
+        assert not torch.compiler.is_exporting() and not torch.compiler.is_compiling()
+    assert all((tmp_path / str(i) / "last" / "MLmodel").is_file() for i in range(6))
+
+
 def test_pfrewa_best_model_is_the_averaged_one_that_was_evaluated() -> None:
     """A model-level regularizer (PFREWA's weight average) changes the weights only for the
     evaluation: the logged best model must be those averaged weights, not the raw ones."""
