@@ -6,9 +6,9 @@ top beyond ``M_TRIM_THRESHOLD``. It raises the first threshold as it sees large 
 but in a fresh process (a Ray worker, a subprocess) the training step's weight gradients,
 optimizer temporaries and activations (hundreds of KiB to MiB each) can go on being mapped and
 unmapped for many periods: every period then page-faults its whole working set in again. On
-the MLP of ``bench/tune_overhead.py`` that was 30,000-100,000 minor page faults per period and
+the MLP of ``bench/tune_overhead.py`` that was 19,000-100,000 minor page faults per period and
 periods 1.1-1.3x slower than in a process that had adapted (``docs/BENCHMARKS.md``, "Why a
-period is slower in a Ray worker"). ``prepare_process`` fixes both thresholds (32 MiB, the
+period was slower in a Ray worker"). ``prepare_process`` fixes both thresholds (32 MiB, the
 largest glibc takes, and 512 MiB): freed memory up to that stays in the process for the next
 step. The peak memory of a period does not grow; the process keeps its peak between periods.
 
