@@ -23,6 +23,7 @@ DONOR_TRIAL = "rp_donor_trial"  #: set once after a PBT exploit: whose checkpoin
 DONOR_PERIOD = "rp_donor_period"  #: ... and the donor's last period in it
 RESTORE_START = "rp_restore_start"  #: ... and when its checkpoint load began (wall clock)
 RESTORE_SECONDS = "rp_restore_seconds"  #: ... and how long the load took in the trial
+IN_ACTOR = "rp_exploit_in_actor"  #: ... 1 if in the running actor (no pause), else 0
 DONE = "done"  #: Tune's own stop flag
 PERIODS = "rp_periods"  #: periods the trial has run (PBT's time attribute; iterations vary)
 #: ``ppo_shared``: JSON list, per child ``{"child", "records", "status", "done"}`` — each child is

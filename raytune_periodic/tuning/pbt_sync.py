@@ -23,6 +23,22 @@ for a new worker process (an interpreter importing torch). Here a trial PBT paus
 demand for an actor of its resources until PBT chooses it to run again, and the searcher
 (``KeepPausedActors``) reports "not finished" while such demand exists, so Tune caches the actor
 and the trial resumes in it: reset_config + the checkpoint load.
+
+When the whole population runs at once (no member pending or paused: a population that fits the
+cluster, the usual case), even that round trip goes (``_HoldAtBarrier``): a member that reaches
+the barrier first waits in its running actor (Tune gets ``NOOP`` and schedules no ``train``;
+nothing is saved, stopped or restored), and when the last member arrives, PBT's own
+``_checkpoint_or_exploit`` runs as in Ray, except that the exploit of a running trial is not a
+pause: the clone's actor gets ``rp_exploit(donor checkpoint, explored config)`` (the trainable's
+``restore`` + ``reset_config``, in the actor's task order before its next ``train``), so an
+exploit costs the checkpoint load. Tune's records stay Ray's: the trial's config, tag, policy
+log and latest checkpoint (the donor's, for crash recovery) are set by Ray's ``_exploit``. Held
+trials are resumed by scheduling their ``train`` (after a donor's save completes, through Tune's
+cached-decision path), released when the members they wait for end, and turned into ordinary
+pauses if a trial ever needs their resources (a member pending again after a failure). This
+uses the controller's ``_schedule_trial_task``/``_schedule_trial_train``/
+``_cached_trial_decisions`` of the pinned Ray 2.60; ``tests/tuning/test_pbt_sync.py`` runs it
+on a real Tune search, so a Ray upgrade that changes them fails there.
 """
 
 from __future__ import annotations
@@ -107,7 +123,8 @@ class _KeepPausedActors:
         return decision
 
     def _exploit(self, tune_controller: Any, trial: Trial, trial_to_clone: Trial) -> None:
-        if trial.status != Trial.PAUSED:  # asynchronous mode pauses it here
+        in_actor = isinstance(tune_controller, _InActorExploits)
+        if trial.status != Trial.PAUSED and not in_actor:  # asynchronous mode pauses it here
             self._reserve(tune_controller, trial)
         super()._exploit(tune_controller, trial, trial_to_clone)  # type: ignore[misc]
 
@@ -135,12 +152,186 @@ class _KeepPausedActors:
         return state
 
 
-class SyncSafePBT(_KeepPausedActors, _BarrierRelease, PopulationBasedTraining):
-    """``PopulationBasedTraining``: orphaned barriers released, paused trials keep their actor."""
+#: the trainable method that restores a donor inside the running actor (``PeriodTrainable``)
+IN_ACTOR_EXPLOIT = "rp_exploit"
 
 
-class SyncSafePB2(_KeepPausedActors, _BarrierRelease, PB2):
-    """``PB2``: orphaned barriers released, paused trials keep their actor."""
+def _controller(tune_controller: Any) -> Any:
+    """Tune's controller behind the wrapper schedulers are given."""
+    return getattr(tune_controller, "_tune_controller", tune_controller)
+
+
+def _holds_resources(controller: Any, trial: Trial) -> bool:
+    """Running, or pending with its actor created on acquired resources (still starting)."""
+    if trial.status == Trial.RUNNING:
+        return True
+    tracked = getattr(controller, "_trial_to_actor", {}).get(trial)
+    manager = getattr(controller, "_actor_manager", None)
+    return bool(
+        trial.status == Trial.PENDING
+        and tracked is not None
+        and manager is not None
+        and manager.is_actor_started(tracked)
+    )
+
+
+class _InActorExploits:
+    """The controller PBT sees in a perturbation while the population is held: pausing a
+    running trial with ``should_checkpoint=False`` (what ``_exploit`` does) is recorded, and the
+    exploit is then done inside the trial's actor. Everything else goes to Tune."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self._wrapped = wrapped
+        self.recorded: list[Trial] = []
+
+    def pause_trial(self, trial: Trial, should_checkpoint: bool = True) -> Any:
+        if trial.status == Trial.RUNNING and not should_checkpoint:
+            self.recorded.append(trial)
+            return None
+        return self._wrapped.pause_trial(trial, should_checkpoint=should_checkpoint)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+
+class _HoldAtBarrier:
+    """Mixin (synchronous mode): members wait at the barrier in their running actors and are
+    exploited there, while the whole population runs at once (see the module doc)."""
+
+    _synch: bool
+    _next_perturbation_sync: float
+    _perturbation_interval: float
+    _trial_state: dict[Trial, Any]
+    barrier_releases: int
+
+    #: exploits done inside a running actor / trials that waited at a barrier without a pause
+    exploits_in_actor: int = 0
+    holds: int = 0
+
+    @property
+    def _held(self) -> dict[str, Trial]:
+        return self.__dict__.setdefault("_held_trials", {})
+
+    def _may_hold(self, tune_controller: Any) -> bool:
+        """Every member that has not ended holds its resources (running, or pending with its
+        actor already placed) and can be exploited in its actor: then waiting in the actor
+        starves nobody. A member yet to be created or waiting for resources: pause as Ray."""
+        search = getattr(tune_controller, "search_alg", None)
+        if search is not None and not search.is_finished():
+            return False
+        controller = _controller(tune_controller)
+        live = [t for t in tune_controller.get_trials() if not t.is_finished()]
+        return all(
+            _holds_resources(controller, t) and hasattr(t.get_trainable_cls(), IN_ACTOR_EXPLOIT)
+            for t in live
+        )
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        if not self._synch:
+            return super().on_trial_result(tune_controller, trial, result)  # type: ignore[misc]
+        hold = self._may_hold(tune_controller)
+        proxy = _InActorExploits(tune_controller) if hold else tune_controller
+        barrier = self._next_perturbation_sync
+        decision = super().on_trial_result(proxy, trial, result)  # type: ignore[misc]
+        if hold and decision == TrialScheduler.PAUSE:
+            self._release(trial)  # type: ignore[attr-defined]  # not paused: no cached actor
+        if self._next_perturbation_sync == barrier:  # no perturbation in this call
+            if hold and decision == TrialScheduler.PAUSE:  # at the barrier, others are not
+                self._held[trial.trial_id] = trial
+                self.holds += 1
+                return TrialScheduler.NOOP
+            return decision
+        controller = _controller(tune_controller)
+        for clone in getattr(proxy, "recorded", []):
+            self._exploit_in_actor(controller, clone)
+        self._resume_held(controller, skip=trial)
+        if hold and decision == TrialScheduler.PAUSE and trial.status == Trial.RUNNING:
+            return TrialScheduler.CONTINUE  # after its save, if PBT asked one (a donor)
+        return decision
+
+    def _exploit_in_actor(self, controller: Any, trial: Trial) -> None:
+        # Ray's _exploit has set the trial's config and its latest checkpoint to the donor's
+        donor = trial.latest_checkpoint_result
+        controller._schedule_trial_task(
+            trial,
+            IN_ACTOR_EXPLOIT,
+            args=(donor, trial.config),
+            on_error=controller._trial_task_failure,
+        )
+        self.exploits_in_actor += 1
+
+    def _resume_held(self, controller: Any, skip: Trial | None = None) -> None:
+        held, self.__dict__["_held_trials"] = self._held, {}
+        for trial in held.values():
+            if trial is skip or trial.status != Trial.RUNNING:
+                continue  # paused by Ray's own path meanwhile: Tune resumes it
+            if trial.temporary_state.saving_to is not None:  # a donor: train after the save
+                controller._cached_trial_decisions[trial.trial_id] = TrialScheduler.CONTINUE
+            else:
+                controller._schedule_trial_train(trial)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        controller = _controller(tune_controller)
+        if self._held and any(
+            t.status in (Trial.PENDING, Trial.PAUSED) and not _holds_resources(controller, t)
+            for t in tune_controller.get_trials()
+        ):  # a member needs resources again (e.g. restarted after a failure): pause as Ray does
+            for trial in self._held.values():
+                if trial.status == Trial.RUNNING:
+                    self._reserve(tune_controller, trial)  # type: ignore[attr-defined]
+                    tune_controller.pause_trial(trial, should_checkpoint=True)
+            self.__dict__["_held_trials"] = {}
+        return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
+
+    def _forget(self, tune_controller: Any, trial: Trial, retried: bool = False) -> None:
+        self._held.pop(trial.trial_id, None)
+        if not self._held or retried:  # Tune restarts it: it will reach the barrier
+            return
+        others = [
+            t
+            for t in tune_controller.get_live_trials()
+            if t is not trial and t.trial_id not in self._held
+        ]
+        if others:
+            return  # they will reach the barrier (or choose_trial_to_run pauses the held)
+        earliest = min(self._trial_state[t].last_train_time for t in self._held.values())
+        self._next_perturbation_sync = max(
+            self._next_perturbation_sync, earliest + self._perturbation_interval
+        )
+        self.barrier_releases += 1
+        _log.warning(
+            "synchronous PBT: the members held at the barrier wait for trials that ended; "
+            "moving the next perturbation to %s",
+            self._next_perturbation_sync,
+        )
+        self._resume_held(_controller(tune_controller), skip=trial)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, result)  # type: ignore[misc]
+        self._forget(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        super().on_trial_error(tune_controller, trial)  # type: ignore[misc]
+        # Tune calls this also for a failure it retries (then the trial turns pending)
+        self._forget(tune_controller, trial, retried=trial.should_recover())
+
+    def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        super().on_trial_remove(tune_controller, trial)  # type: ignore[misc]
+        self._forget(tune_controller, trial)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # type: ignore[misc]
+        state["_held_trials"] = {}  # a restored run restarts every trial from its checkpoint
+        return state
+
+
+class SyncSafePBT(_HoldAtBarrier, _KeepPausedActors, _BarrierRelease, PopulationBasedTraining):
+    """``PopulationBasedTraining``: orphaned barriers released, paused trials keep their actor,
+    a population that runs at once waits and is exploited in its actors."""
+
+
+class SyncSafePB2(_HoldAtBarrier, _KeepPausedActors, _BarrierRelease, PB2):
+    """``PB2``: the same guards and in-actor exploits as ``SyncSafePBT``."""
 
 
 class KeepPausedActors(BasicVariantGenerator):

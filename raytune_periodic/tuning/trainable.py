@@ -11,7 +11,8 @@ crash-resume (own checkpoint) from a PBT exploit (a donor's checkpoint) and repo
 to the MLflow callback. The per-period metrics are not in the checkpoints: each save writes the
 periods since the previous one as a segment beside them (``history_log.py``).
 ``reset_config`` applies new values in place (PBT explore with ``reuse_actors=True``) and rebuilds
-the engine only when the static part of the trial changes (an actor reused for another trial).
+the engine only when the static part of the trial changes (an actor reused for another trial);
+``rp_exploit`` is PBT's exploit inside the running actor (``pbt_sync.py``).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class PeriodTrainable(tune.Trainable):
         self.history = HistorySegments()
         self.replay: list[dict[str, float]] = []
         self.restored = (0.0, 0.0)  #: (wall clock, seconds) of the last checkpoint load
+        self.in_actor = False  #: the pending donor came by ``rp_exploit`` (no Tune pause)
 
     def _apply_values(self, config: Mapping[str, Any]) -> None:
         values = config.get("values")
@@ -151,7 +153,8 @@ class PeriodTrainable(tune.Trainable):
         if self.donor is not None:
             result[R.DONOR_TRIAL], result[R.DONOR_PERIOD] = self.donor
             result[R.RESTORE_START], result[R.RESTORE_SECONDS] = self.restored
-            self.donor = None
+            result[R.IN_ACTOR] = int(self.in_actor)
+            self.donor, self.in_actor = None, False
         result[R.PERIODS] = self.engine.period
         every = self.checkpoint_every
         if self.engine.done:
@@ -257,6 +260,15 @@ class PeriodTrainable(tune.Trainable):
             self._apply_values(new_config)
         self.config = new_config
         return True
+
+    def rp_exploit(self, checkpoint: Any, config: dict[str, Any]) -> None:
+        """PBT's exploit inside this running actor (``tuning/pbt_sync.py``, ``_HoldAtBarrier``):
+        the explored config, then the donor's checkpoint (a ``_TrainingResult``, what Tune's
+        restore gets). The actor runs it before its next ``train``; the next result reports the
+        donor and the load's time, as after Tune's own reset + restore."""
+        self.reset_config(config)
+        self.restore(checkpoint)
+        self.in_actor = self.donor is not None
 
     def cleanup(self) -> None:
         self.engine.controller.close()

@@ -163,3 +163,172 @@ def test_an_exploit_in_another_worker_keeps_the_trials_own_best(tmp_path) -> Non
     nothing._storage = storage("other")
     nothing.load_checkpoint(str(tmp_path / "donor" / "ckpt"))
     assert nothing._rp_best.trial_id == "other" and not nothing._rp_best.complete
+
+
+# --------------------------------------------------------- waiting and exploiting in the actor
+class _TuneController(_Controller):
+    """Adds the controller calls ``_HoldAtBarrier`` makes (recorded)."""
+
+    def __init__(self, trials: list[Trial]) -> None:
+        super().__init__(trials)
+        self._tune_controller = self
+        self.trained: list[str] = []
+        self.paused: list[tuple[str, bool]] = []
+        self._cached_trial_decisions: dict[str, str] = {}
+
+    def _schedule_trial_train(self, trial: Trial) -> None:
+        self.trained.append(trial.trial_id)
+
+    def pause_trial(self, trial: Trial, should_checkpoint: bool = True) -> None:
+        self.paused.append((trial.trial_id, should_checkpoint))
+        trial.set_status(Trial.PAUSED)
+
+
+def _held_pair() -> tuple[Any, _TuneController]:
+    from ray.tune.schedulers import TrialScheduler
+
+    sched, _ = _population(SyncSafePBT, [Trial.RUNNING, Trial.RUNNING], [0, 0])
+    ctl = _TuneController(_.trials)
+    sched._may_hold = lambda tc: True  # stub trials name no trainable class
+    first, second = ctl.trials
+    # the first member reaches the barrier (iteration 2) while the second is behind: it waits
+    # in its actor (NOOP: no pause, no save), not paused as Ray's PBT does
+    decision = sched.on_trial_result(ctl, first, {"m": 1.0, "training_iteration": 2})
+    assert decision == TrialScheduler.NOOP and first.status == Trial.RUNNING
+    assert set(sched._held) == {"t0"} and not ctl.paused and not ctl.trained
+    return sched, ctl
+
+
+def test_a_held_member_resumes_when_the_member_it_waits_for_ends() -> None:
+    sched, ctl = _held_pair()
+    first, second = ctl.trials
+    second.set_status(Trial.TERMINATED)  # ended without reaching the barrier
+    sched.on_trial_complete(ctl, second, {})
+    assert ctl.trained == ["t0"] and not sched._held  # resumed in its actor
+    assert sched._next_perturbation_sync == 4 and sched.barrier_releases == 1
+
+
+def test_held_members_are_paused_when_a_member_needs_their_resources() -> None:
+    sched, ctl = _held_pair()
+    ctl.trials[1].set_status(Trial.PENDING)  # e.g. restarted after a failure
+    sched.choose_trial_to_run(ctl)
+    assert ctl.paused == [("t0", True)] and not sched._held  # Ray's pause, with a checkpoint
+
+
+def test_a_population_that_does_not_fit_is_paused_as_ray_does() -> None:
+    sched, _ = _population(SyncSafePBT, [Trial.RUNNING, Trial.PENDING], [0, 0])
+    ctl = _TuneController(_.trials)
+    ctl.search_alg = None
+    assert not sched._may_hold(ctl)  # a pending member needs a held member's resources
+
+
+PBT_PAIR: dict[str, Any] = {
+    "name": "pbtpair",
+    "seeds": [0],
+    "budget": {"periods": 8, "trials": 2},
+    "base": {
+        "dataset": {"name": "digits", "train_size": 150, "label_noise": 0.3},
+        "model": {"name": "mlp", "hidden": [32]},
+        "regularizers": [{"kind": "dropout", "where": "head"}],
+        "train": {"period_length": 2, "batch_size": 32, "val_batches": 1},
+    },
+    "methods": {
+        "PBT": {
+            "search": "pbt",
+            "space": {"dropout": [0.0, 0.8]},
+            "perturbation_interval": 2,
+            "quantile_fraction": 0.5,
+            "resample_probability": 1.0,
+        }
+    },
+    "tune": {"verbose": 0, "num_cpus": 2},
+}
+
+
+def _run_pair(tmp_path, config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any], Any]:
+    """Run the config; every result row of its trials, its MLflow trial runs, the outcome."""
+    import json
+    from pathlib import Path
+
+    import ray
+    from mlflow import MlflowClient
+
+    from raytune_periodic.config import validate_config
+    from raytune_periodic.tuning.runner import run_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ray.shutdown()  # workers must start with this test's environment
+    try:
+        outcome = run_experiment(
+            validate_config(config), storage_path=str(tmp_path / "ray"), mlflow_uri=uri
+        )
+    finally:
+        ray.shutdown()
+    rows = []
+    for result in Path(outcome.tuner_paths["PBT-s0"]).glob("*/result.json"):
+        rows += [json.loads(line) for line in result.read_text().splitlines()]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(config["name"])
+    runs = client.search_runs([exp.experiment_id], "tags.`rp.kind` = 'trial'")
+    for run in runs:  # every period of every trial exactly once
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_f1")]
+        assert steps == list(range(8)), steps
+    return rows, runs, outcome
+
+
+@pytest.mark.integration
+def test_a_population_that_fits_is_exploited_inside_its_running_actors(tmp_path) -> None:
+    """2 members on 2 CPUs: every exploit is ``rp_exploit`` in the clone's running actor (no
+    Tune pause/restore), the clone continues from the donor's barrier period, and MLflow still
+    gets every period of every trial once."""
+    import json
+    from pathlib import Path
+
+    rows, runs, outcome = _run_pair(tmp_path, PBT_PAIR)
+    assert outcome.ok and len(runs) == 2
+    exploits = [r for r in rows if r.get("rp_donor_trial")]
+    assert len(exploits) >= 2, "fewer exploits than barriers"  # 3 barriers, 1 clone each
+    assert all(r["rp_exploit_in_actor"] == 1 for r in exploits), exploits
+    for r in exploits:
+        first = json.loads(r["rp_records"])[0]["period"]
+        assert first == r["rp_donor_period"] + 1 and first % 2 == 0, r
+    assert {r["rp_periods"] for r in rows if r.get("done")} == {8}
+    assert len({r["pid"] for r in rows}) == 2  # one worker per member, never restarted
+    # Ray's records of the exploit: its policy log
+    assert list(Path(outcome.tuner_paths["PBT-s0"]).glob("pbt_policy_*.txt"))
+    for run in runs:
+        assert run.data.metrics.get("n_exploits", 0) == sum(
+            1 for r in exploits if r["trial_id"] == run.data.tags["rp.trial_id"]
+        )
+
+
+@pytest.mark.integration
+def test_a_held_member_is_paused_when_its_peer_restarts_after_a_crash(tmp_path, caplog) -> None:
+    """The first member to start a step at period >= 3 has its worker killed; the other waits
+    at the barrier in its actor until Tune restarts the crashed one (pending, needing
+    resources): it is then paused as Ray's PBT does (the restarted member may take its cached
+    actor), the barrier is not skipped, and the search ends with every period once."""
+    from raytune_periodic.tuning.trainable import FAULT_ENV
+
+    marker = tmp_path / "fault-fired"
+    config = {
+        **PBT_PAIR,
+        "name": "pbtcrash",
+        "tune": {**PBT_PAIR["tune"], "max_failures": 1, "checkpoint_every": 1},
+    }
+    mp = pytest.MonkeyPatch()
+    mp.setenv(FAULT_ENV, f"3:{marker}")
+    try:
+        rows, runs, outcome = _run_pair(tmp_path, config)
+    finally:
+        mp.undo()
+    assert marker.exists(), "the injected fault never fired"
+    assert outcome.ok and len(runs) == 2
+    assert {r["rp_periods"] for r in rows if r.get("done")} == {8}
+    pids: dict[str, set[int]] = {}
+    for r in rows:
+        pids.setdefault(r["trial_id"], set()).add(r["pid"])
+    assert any(len(p) >= 2 for p in pids.values()), pids  # the crashed one moved
+    # Tune reports the retried failure to the scheduler: not an end that releases the barrier
+    assert "wait for trials that ended" not in caplog.text
+    assert any(r.get("rp_donor_trial") for r in rows), "no exploit happened"
