@@ -35,7 +35,10 @@ exploit costs the checkpoint load. Tune's records stay Ray's: the trial's config
 log and latest checkpoint (the donor's, for crash recovery) are set by Ray's ``_exploit``. Held
 trials are resumed by scheduling their ``train`` (after a donor's save completes, through Tune's
 cached-decision path), released when the members they wait for end, and turned into ordinary
-pauses if a trial ever needs their resources (a member pending again after a failure). This
+pauses when a member needs resources they may keep from it (pending with no actor requested,
+paused, or an actor that has not started within ``START_PATIENCE_S``: another search on the
+cluster may hold what it needs). A member whose actor is starting (the search's first barrier
+can come before every worker is up; a member restarted after a crash) is waited for. This
 uses the controller's ``_schedule_trial_task``/``_schedule_trial_train``/
 ``_cached_trial_decisions`` of the pinned Ray 2.60; ``tests/tuning/test_pbt_sync.py`` runs it
 on a real Tune search, so a Ray upgrade that changes them fails there.
@@ -44,6 +47,7 @@ on a real Tune search, so a Ray upgrade that changes them fails there.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from ray.tune.experiment import Trial
@@ -161,18 +165,18 @@ def _controller(tune_controller: Any) -> Any:
     return getattr(tune_controller, "_tune_controller", tune_controller)
 
 
-def _holds_resources(controller: Any, trial: Trial) -> bool:
-    """Running, or pending with its actor created on acquired resources (still starting)."""
+#: seconds held members wait for a member whose actor was requested but has not started before
+#: they are paused after all (another search on the cluster may hold the resources it needs)
+START_PATIENCE_S = 60.0
+
+
+def _actor_state(controller: Any, trial: Trial) -> str:
+    """``running``, ``starting`` (pending, its actor requested from Tune's actor manager or
+    created), or ``none`` (pending without a request, paused, ended)."""
     if trial.status == Trial.RUNNING:
-        return True
+        return "running"
     tracked = getattr(controller, "_trial_to_actor", {}).get(trial)
-    manager = getattr(controller, "_actor_manager", None)
-    return bool(
-        trial.status == Trial.PENDING
-        and tracked is not None
-        and manager is not None
-        and manager.is_actor_started(tracked)
-    )
+    return "starting" if trial.status == Trial.PENDING and tracked is not None else "none"
 
 
 class _InActorExploits:
@@ -215,14 +219,16 @@ class _HoldAtBarrier:
     def _may_hold(self, tune_controller: Any) -> bool:
         """Every member that has not ended holds its resources (running, or pending with its
         actor already placed) and can be exploited in its actor: then waiting in the actor
-        starves nobody. A member yet to be created or waiting for resources: pause as Ray."""
+        starves nobody (a member whose actor is starting gets ``START_PATIENCE_S``). A member
+        yet to be created, without an actor request or paused: pause as Ray does."""
         search = getattr(tune_controller, "search_alg", None)
         if search is not None and not search.is_finished():
             return False
         controller = _controller(tune_controller)
         live = [t for t in tune_controller.get_trials() if not t.is_finished()]
         return all(
-            _holds_resources(controller, t) and hasattr(t.get_trainable_cls(), IN_ACTOR_EXPLOIT)
+            _actor_state(controller, t) != "none"
+            and hasattr(t.get_trainable_cls(), IN_ACTOR_EXPLOIT)
             for t in live
         )
 
@@ -237,6 +243,8 @@ class _HoldAtBarrier:
             self._release(trial)  # type: ignore[attr-defined]  # not paused: no cached actor
         if self._next_perturbation_sync == barrier:  # no perturbation in this call
             if hold and decision == TrialScheduler.PAUSE:  # at the barrier, others are not
+                if not self._held:
+                    self.__dict__["_held_since"] = time.monotonic()
                 self._held[trial.trial_id] = trial
                 self.holds += 1
                 return TrialScheduler.NOOP
@@ -271,17 +279,29 @@ class _HoldAtBarrier:
                 controller._schedule_trial_train(trial)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
-        controller = _controller(tune_controller)
-        if self._held and any(
-            t.status in (Trial.PENDING, Trial.PAUSED) and not _holds_resources(controller, t)
-            for t in tune_controller.get_trials()
-        ):  # a member needs resources again (e.g. restarted after a failure): pause as Ray does
+        if self._held and self._must_pause_held(tune_controller):
             for trial in self._held.values():
                 if trial.status == Trial.RUNNING:
                     self._reserve(tune_controller, trial)  # type: ignore[attr-defined]
                     tune_controller.pause_trial(trial, should_checkpoint=True)
             self.__dict__["_held_trials"] = {}
         return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
+
+    def _must_pause_held(self, tune_controller: Any) -> bool:
+        """A member needs resources the held ones may keep from it: it is pending without an
+        actor request or paused, or its actor has not started within ``START_PATIENCE_S``."""
+        controller = _controller(tune_controller)
+        waited = time.monotonic() - self.__dict__.get("_held_since", time.monotonic())
+        for trial in tune_controller.get_trials():
+            state = _actor_state(controller, trial)
+            if trial.status == Trial.PAUSED or (trial.status == Trial.PENDING and state == "none"):
+                return True
+            if state == "starting" and waited > START_PATIENCE_S:
+                manager = getattr(controller, "_actor_manager", None)
+                tracked = controller._trial_to_actor[trial]
+                if manager is None or not manager.is_actor_started(tracked):
+                    return True
+        return False
 
     def _forget(self, tune_controller: Any, trial: Trial, retried: bool = False) -> None:
         self._held.pop(trial.trial_id, None)

@@ -215,6 +215,26 @@ def test_held_members_are_paused_when_a_member_needs_their_resources() -> None:
     assert ctl.paused == [("t0", True)] and not sched._held  # Ray's pause, with a checkpoint
 
 
+def test_held_members_wait_for_a_starting_actor_but_not_forever(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from raytune_periodic.tuning import pbt_sync
+
+    sched, ctl = _held_pair()
+    peer = ctl.trials[1]
+    peer.set_status(Trial.PENDING)  # restarted: Tune has requested its new actor
+    ctl._trial_to_actor = {peer: "tracked"}
+    ctl._actor_manager = SimpleNamespace(is_actor_started=lambda tracked: False)
+    sched.choose_trial_to_run(ctl)
+    assert not ctl.paused and set(sched._held) == {"t0"}  # its actor is starting: wait
+    now = pbt_sync.time.monotonic()
+    monkeypatch.setattr(
+        pbt_sync.time, "monotonic", lambda: now + pbt_sync.START_PATIENCE_S + 1
+    )
+    sched.choose_trial_to_run(ctl)  # it never started (another search holds the CPUs?)
+    assert ctl.paused == [("t0", True)] and not sched._held
+
+
 def test_a_population_that_does_not_fit_is_paused_as_ray_does() -> None:
     sched, _ = _population(SyncSafePBT, [Trial.RUNNING, Trial.PENDING], [0, 0])
     ctl = _TuneController(_.trials)
@@ -303,11 +323,10 @@ def test_a_population_that_fits_is_exploited_inside_its_running_actors(tmp_path)
 
 
 @pytest.mark.integration
-def test_a_held_member_is_paused_when_its_peer_restarts_after_a_crash(tmp_path, caplog) -> None:
+def test_a_held_member_waits_for_its_peer_restarted_after_a_crash(tmp_path, caplog) -> None:
     """The first member to start a step at period >= 3 has its worker killed; the other waits
-    at the barrier in its actor until Tune restarts the crashed one (pending, needing
-    resources): it is then paused as Ray's PBT does (the restarted member may take its cached
-    actor), the barrier is not skipped, and the search ends with every period once."""
+    at the barrier while Tune restarts the crashed one, the barrier is not skipped, and the
+    search ends with every period once."""
     from raytune_periodic.tuning.trainable import FAULT_ENV
 
     marker = tmp_path / "fault-fired"
