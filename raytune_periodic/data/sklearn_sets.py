@@ -5,11 +5,19 @@ the test split with scikit-learn's ``train_test_split(test_size=test_fraction,
 random_state=split_seed, stratify=y)`` (the iris survey: 0.2 and 42) instead of from ``seed``
 (val carving, the train subsample and label noise still follow ``seed``), and ``val_is_test``
 validates on the test split, as the survey's ``validation_data=(X_test, y_test)`` does
-(``val_fraction`` then carves nothing). scikit-learn is imported inside the loaders: importing it
-pulls in pandas (~1 s).
+(``val_fraction`` then carves nothing).
+
+The data files are read from scikit-learn's installed package folder with numpy
+(``_bundled``: the same values as ``sklearn.datasets.load_digits``/``load_iris``) without
+importing scikit-learn: its import (scipy, pandas; ~1 s of CPU) was the largest part of a trial
+worker's setup. If the files are not where they are expected, scikit-learn's loaders are used.
 """
 
 from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
 
 import numpy as np
 import torch
@@ -96,6 +104,41 @@ def _load_arrays(
     )
 
 
+def _sklearn_data_file(name: str) -> str | None:
+    """The path of a file in ``sklearn/datasets/data`` (located without importing sklearn)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        path = os.path.join(root, "datasets", "data", name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def _bundled(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(data, target) of scikit-learn's ``digits`` or ``iris``, as its loaders return them."""
+    if name == "digits":
+        path = _sklearn_data_file("digits.csv.gz")
+        if path is not None:  # sklearn: np.loadtxt of the gzip file; last column the target
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                data = np.loadtxt(f, delimiter=",")
+            return data[:, :-1], data[:, -1].astype(int, copy=False)
+        from sklearn.datasets import load_digits as sk_load
+
+    else:
+        path = _sklearn_data_file("iris.csv")
+        if path is not None:  # sklearn: a header line (n, features, names), then rows
+            with open(path, encoding="utf-8") as f:
+                n, features = (int(v) for v in f.readline().split(",")[:2])
+                data = np.loadtxt(f, delimiter=",", ndmin=2)
+            if data.shape == (n, features + 1):
+                return data[:, :-1], data[:, -1].astype(int)
+        from sklearn.datasets import load_iris as sk_load
+    bunch = sk_load()
+    return bunch.data, bunch.target
+
+
 def load_digits(
     seed: int = 0,
     test_fraction: float = 0.3,
@@ -110,14 +153,12 @@ def load_digits(
     Pixels are divided by 16, then standardised with the training split's mean/std. Test is
     ``test_fraction`` of all data, val is ``val_fraction`` of the rest (both stratified).
     """
-    from sklearn.datasets import load_digits as sk_load_digits
-
-    bunch = sk_load_digits()
-    x = (bunch.data / 16.0).reshape(-1, 1, 8, 8)
+    data, target = _bundled("digits")
+    x = (data / 16.0).reshape(-1, 1, 8, 8)
     return _load_arrays(
         "digits",
         x,
-        bunch.target,
+        target,
         num_classes=10,
         seed=seed,
         test_fraction=test_fraction,
@@ -142,13 +183,11 @@ def load_iris(
 
     Features are standardised with the training split's per-feature mean/std.
     """
-    from sklearn.datasets import load_iris as sk_load_iris
-
-    bunch = sk_load_iris()
+    data, target = _bundled("iris")
     return _load_arrays(
         "iris",
-        bunch.data,
-        bunch.target,
+        data,
+        target,
         num_classes=3,
         seed=seed,
         test_fraction=test_fraction,

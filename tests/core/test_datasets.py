@@ -330,3 +330,30 @@ def test_iris_paper_split_is_sklearns_80_20_with_random_state_42() -> None:
     with pytest.raises(ConfigError) as err:
         load_dataset("iris", split_seed=-1)
     assert err.value.field == "dataset.options.split_seed"
+
+
+def test_bundled_sets_read_without_sklearn_equal_sklearns_loaders() -> None:
+    """digits/iris come from scikit-learn's data files read with numpy (a trial worker then
+    does not import scikit-learn, ~1 s of its start-up): the same arrays as its loaders."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits, load_iris
+
+    from raytune_periodic.data.sklearn_sets import _bundled
+
+    for name, loader in (("digits", load_digits), ("iris", load_iris)):
+        data, target = _bundled(name)
+        bunch = loader()
+        assert data.dtype == bunch.data.dtype and np.array_equal(data, bunch.data), name
+        assert target.dtype == bunch.target.dtype and np.array_equal(target, bunch.target)
+    code = (
+        "import sys\n"
+        "from raytune_periodic.data import load_dataset\n"
+        "d = load_dataset('digits', seed=0)\n"
+        "i = load_dataset('iris', seed=0)\n"
+        "print(len(d.train) > 0 and len(i.train) > 0, 'sklearn' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"], out.stdout
