@@ -11,6 +11,12 @@ it goes to the spool's failed-writes log (``raytune-periodic mlflow-sync --retry
 it), is logged as an error, and ``flush()``/``close()`` raise. The spool is ``fsync``-ed when
 the writer goes idle and at every ``flush``. ``_apply`` is the single dispatcher of every
 operation kind, live or replayed.
+
+The writer sends consecutive queued metric batches of the same run as one ``log_batch`` (up to
+MLflow's 1,000 metrics): each is one SQL transaction or HTTP request, and a trial's result
+carries several periods. Each operation is still spooled or rejected on its own (a merged
+write that fails for a reason other than an unreachable server is retried one by one, so only
+the bad one goes to the failed-writes log).
 """
 
 from __future__ import annotations
@@ -38,6 +44,14 @@ Metric = _entities.Metric
 RunTag = _entities.RunTag
 
 _log = logging.getLogger(__name__)
+
+#: the writer merges queued metric batches of one run up to this many metrics (MLflow's limit)
+MERGE_METRICS = 1000
+
+
+def _mergeable(op: dict[str, Any]) -> bool:
+    """A metrics-only ``log_batch`` (tags and other operations are written alone)."""
+    return op.get("op") == "log_batch" and bool(op.get("metrics")) and not op.get("tags")
 
 QUEUE_MAX_ENV = "RP_MLFLOW_QUEUE_MAX"
 DEFAULT_QUEUE_MAX = 10000
@@ -245,17 +259,68 @@ class DeliveryMixin:
             self._queue.put(op)  # back-pressure: the caller waits for room
 
     def _write_loop(self) -> None:
+        carry: dict[str, Any] | None = None
         while True:
-            op = self._queue.get()
+            op = carry if carry is not None else self._queue.get()
+            group, carry = self._take_group(op)
             try:
-                self._submit(op)
+                self._submit_group(group)
             except Exception as exc:  # noqa: BLE001 - nothing is dropped: kept aside
-                self._reject(op, exc)
+                for one in group:
+                    self._reject(one, exc)
             finally:
-                if self._queue.empty():  # idle: make what was spooled durable (batched)
+                if carry is None and self._queue.empty():  # idle: spool made durable
                     with contextlib.suppress(OSError):
                         self.spool.fsync()
-                self._queue.task_done()
+                for _ in group:
+                    self._queue.task_done()
+
+    def _take_group(self, op: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
+        """``op`` and the metric batches of its run queued right behind it (one ``log_batch``
+        of at most ``MERGE_METRICS``); the first queued op that does not join is returned to
+        be written next, in order."""
+        group = [op]
+        if not _mergeable(op):
+            return group, None
+        size = len(op["metrics"])
+        while True:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                return group, None
+            if (
+                not _mergeable(nxt)
+                or nxt["run"] != op["run"]
+                or size + len(nxt["metrics"]) > MERGE_METRICS
+            ):
+                return group, nxt
+            group.append(nxt)
+            size += len(nxt["metrics"])
+
+    def _submit_group(self, group: list[dict[str, Any]]) -> None:
+        if len(group) == 1:
+            self._submit(group[0])
+            return
+        with self.spool.lock:
+            try:
+                online = self._online()
+            except Exception as exc:  # the spool could not be delivered (e.g. a full disk)
+                _log.error("delivering the MLflow spool %s failed: %s", self.spool.path, exc)
+                self._errors.append(exc)
+                online = False
+            if online:
+                merged = [m for one in group for m in one["metrics"]]
+                try:
+                    self._apply({"op": "log_batch", "run": group[0]["run"], "metrics": merged})
+                    return
+                except Exception as exc:
+                    if not is_unreachable(exc):  # one by one: only a bad write is kept aside
+                        for one in group:
+                            self._submit(one)
+                        return
+                    self._went_offline(exc)
+            for one in group:  # each spooled with its own step (replay skips delivered steps)
+                self.spool.append(one)
 
     def _retry_unsaved(self) -> None:
         while self._unsaved:
