@@ -53,6 +53,7 @@ def _mergeable(op: dict[str, Any]) -> bool:
     """A metrics-only ``log_batch`` (tags and other operations are written alone)."""
     return op.get("op") == "log_batch" and bool(op.get("metrics")) and not op.get("tags")
 
+
 QUEUE_MAX_ENV = "RP_MLFLOW_QUEUE_MAX"
 DEFAULT_QUEUE_MAX = 10000
 

@@ -228,9 +228,7 @@ def test_held_members_wait_for_a_starting_actor_but_not_forever(monkeypatch) -> 
     sched.choose_trial_to_run(ctl)
     assert not ctl.paused and set(sched._held) == {"t0"}  # its actor is starting: wait
     now = pbt_sync.time.monotonic()
-    monkeypatch.setattr(
-        pbt_sync.time, "monotonic", lambda: now + pbt_sync.START_PATIENCE_S + 1
-    )
+    monkeypatch.setattr(pbt_sync.time, "monotonic", lambda: now + pbt_sync.START_PATIENCE_S + 1)
     sched.choose_trial_to_run(ctl)  # it never started (another search holds the CPUs?)
     assert ctl.paused == [("t0", True)] and not sched._held
 
