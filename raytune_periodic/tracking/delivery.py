@@ -143,17 +143,20 @@ class DeliveryMixin:
         self.spool.tidy()
         return self.spool.pending()
 
+    def _deliverable(self) -> bool:
+        """Online with nothing spooled before (delivering the spool first if it can)."""
+        try:
+            return self._online()
+        except Exception as exc:  # the spool could not be delivered (e.g. a full disk)
+            _log.error("delivering the MLflow spool %s failed: %s", self.spool.path, exc)
+            self._errors.append(exc)
+            return False
+
     def _submit(self, op: dict[str, Any]) -> None:
         """Apply one write now, or spool it (server unreachable, or earlier writes spooled);
         a write that fails otherwise goes to the failed-writes log (``_reject``)."""
         with self.spool.lock:
-            try:
-                online = self._online()
-            except Exception as exc:  # the spool could not be delivered (e.g. a full disk)
-                _log.error("delivering the MLflow spool %s failed: %s", self.spool.path, exc)
-                self._errors.append(exc)
-                online = False
-            if online:
+            if self._deliverable():
                 try:
                     self._apply(op)
                     return
@@ -303,13 +306,7 @@ class DeliveryMixin:
             self._submit(group[0])
             return
         with self.spool.lock:
-            try:
-                online = self._online()
-            except Exception as exc:  # the spool could not be delivered (e.g. a full disk)
-                _log.error("delivering the MLflow spool %s failed: %s", self.spool.path, exc)
-                self._errors.append(exc)
-                online = False
-            if online:
+            if self._deliverable():
                 merged = [m for one in group for m in one["metrics"]]
                 try:
                     self._apply({"op": "log_batch", "run": group[0]["run"], "metrics": merged})

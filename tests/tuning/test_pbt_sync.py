@@ -240,25 +240,13 @@ def test_a_population_that_does_not_fit_is_paused_as_ray_does() -> None:
     assert not sched._may_hold(ctl)  # a pending member needs a held member's resources
 
 
+from test_checkpoint_retention import PBT_CONFIG  # noqa: E402
+
+#: the same population as the checkpoint-retention test's, 2 members: it fits 2 CPUs
 PBT_PAIR: dict[str, Any] = {
+    **PBT_CONFIG,
     "name": "pbtpair",
-    "seeds": [0],
     "budget": {"periods": 8, "trials": 2},
-    "base": {
-        "dataset": {"name": "digits", "train_size": 150, "label_noise": 0.3},
-        "model": {"name": "mlp", "hidden": [32]},
-        "regularizers": [{"kind": "dropout", "where": "head"}],
-        "train": {"period_length": 2, "batch_size": 32, "val_batches": 1},
-    },
-    "methods": {
-        "PBT": {
-            "search": "pbt",
-            "space": {"dropout": [0.0, 0.8]},
-            "perturbation_interval": 2,
-            "quantile_fraction": 0.5,
-            "resample_probability": 1.0,
-        }
-    },
     "tune": {"verbose": 0, "num_cpus": 2},
 }
 

@@ -117,7 +117,10 @@ def test_errored_trials_exit_nonzero_and_resume_retries_them(userland: Any) -> N
 def test_sigterm_stops_flushes_and_resumes(userland: Any) -> None:
     tmp, env = userland
     cfg = tmp / "long.yaml"
-    data = _config("long", tmp / "never", periods=40)
+    # one period per Tune result, so the search is still running when 3 periods are in MLflow
+    # (with ``auto`` batching these tiny periods all came in one result, logged at once)
+    data = _config("long", tmp / "never", periods=120)
+    data["tune"]["iteration_periods"] = 1
     cfg.write_text(yaml.safe_dump(data))
     args = ["run", str(cfg), "--storage-path", str(tmp / "ray")]
     proc = subprocess.Popen(
@@ -137,7 +140,7 @@ def test_sigterm_stops_flushes_and_resumes(userland: Any) -> None:
     assert "interrupted" in err and "--resume" in err
     resumed = _cli([*args, "--resume"], tmp, env, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert list(_steps(db, "long").values()) == [list(range(40))]
+    assert list(_steps(db, "long").values()) == [list(range(120))]
 
 
 def _count_steps(db: Path) -> int:
