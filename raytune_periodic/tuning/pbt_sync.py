@@ -35,10 +35,12 @@ exploit costs the checkpoint load. Tune's records stay Ray's: the trial's config
 log and latest checkpoint (the donor's, for crash recovery) are set by Ray's ``_exploit``. Held
 trials are resumed by scheduling their ``train`` (after a donor's save completes, through Tune's
 cached-decision path), released when the members they wait for end, and turned into ordinary
-pauses when a member needs resources they may keep from it (pending with no actor requested,
-paused, or an actor that has not started within ``START_PATIENCE_S``: another search on the
-cluster may hold what it needs). A member whose actor is starting (the search's first barrier
-can come before every worker is up; a member restarted after a crash) is waited for. This
+pauses when a member needs resources they may keep from it: a member pending or paused without
+an actor placed on acquired resources. Tune *requests* actors for pending trials whether or not
+resources are free (4 members on 2 CPUs: two requests wait for the CPUs the two held members
+keep), so only an actor the resource manager has started counts; such a member, still booting
+(the search's first barrier can come before every worker is up; a member restarted after a
+crash), is waited for. This
 uses the controller's ``_schedule_trial_task``/``_schedule_trial_train``/
 ``_cached_trial_decisions`` of the pinned Ray 2.60; ``tests/tuning/test_pbt_sync.py`` runs it
 on a real Tune search, so a Ray upgrade that changes them fails there.
@@ -47,7 +49,6 @@ on a real Tune search, so a Ray upgrade that changes them fails there.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from ray.tune.experiment import Trial
@@ -165,18 +166,17 @@ def _controller(tune_controller: Any) -> Any:
     return getattr(tune_controller, "_tune_controller", tune_controller)
 
 
-#: seconds held members wait for a member whose actor was requested but has not started before
-#: they are paused after all (another search on the cluster may hold the resources it needs)
-START_PATIENCE_S = 60.0
-
-
-def _actor_state(controller: Any, trial: Trial) -> str:
-    """``running``, ``starting`` (pending, its actor requested from Tune's actor manager or
-    created), or ``none`` (pending without a request, paused, ended)."""
+def _holds_resources(controller: Any, trial: Trial) -> bool:
+    """Running, or pending with its actor created on acquired resources (still booting). An
+    actor only *requested* (Tune requests them for pending trials whatever is free) does not
+    count: it may wait for resources a held member keeps."""
     if trial.status == Trial.RUNNING:
-        return "running"
+        return True
+    if trial.status != Trial.PENDING:
+        return False
     tracked = getattr(controller, "_trial_to_actor", {}).get(trial)
-    return "starting" if trial.status == Trial.PENDING and tracked is not None else "none"
+    manager = getattr(controller, "_actor_manager", None)
+    return tracked is not None and manager is not None and manager.is_actor_started(tracked)
 
 
 class _InActorExploits:
@@ -219,16 +219,15 @@ class _HoldAtBarrier:
     def _may_hold(self, tune_controller: Any) -> bool:
         """Every member that has not ended holds its resources (running, or pending with its
         actor already placed) and can be exploited in its actor: then waiting in the actor
-        starves nobody (a member whose actor is starting gets ``START_PATIENCE_S``). A member
-        yet to be created, without an actor request or paused: pause as Ray does."""
+        starves nobody. A member yet to be created, waiting for resources or paused: pause as
+        Ray does."""
         search = getattr(tune_controller, "search_alg", None)
         if search is not None and not search.is_finished():
             return False
         controller = _controller(tune_controller)
         live = [t for t in tune_controller.get_trials() if not t.is_finished()]
         return all(
-            _actor_state(controller, t) != "none"
-            and hasattr(t.get_trainable_cls(), IN_ACTOR_EXPLOIT)
+            _holds_resources(controller, t) and hasattr(t.get_trainable_cls(), IN_ACTOR_EXPLOIT)
             for t in live
         )
 
@@ -243,8 +242,6 @@ class _HoldAtBarrier:
             self._release(trial)  # type: ignore[attr-defined]  # not paused: no cached actor
         if self._next_perturbation_sync == barrier:  # no perturbation in this call
             if hold and decision == TrialScheduler.PAUSE:  # at the barrier, others are not
-                if not self._held:
-                    self.__dict__["_held_since"] = time.monotonic()
                 self._held[trial.trial_id] = trial
                 self.holds += 1
                 return TrialScheduler.NOOP
@@ -288,20 +285,13 @@ class _HoldAtBarrier:
         return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
 
     def _must_pause_held(self, tune_controller: Any) -> bool:
-        """A member needs resources the held ones may keep from it: it is pending without an
-        actor request or paused, or its actor has not started within ``START_PATIENCE_S``."""
+        """A member needs resources the held ones may keep from it: pending or paused without
+        an actor placed on acquired resources."""
         controller = _controller(tune_controller)
-        waited = time.monotonic() - self.__dict__.get("_held_since", time.monotonic())
-        for trial in tune_controller.get_trials():
-            state = _actor_state(controller, trial)
-            if trial.status == Trial.PAUSED or (trial.status == Trial.PENDING and state == "none"):
-                return True
-            if state == "starting" and waited > START_PATIENCE_S:
-                manager = getattr(controller, "_actor_manager", None)
-                tracked = controller._trial_to_actor[trial]
-                if manager is None or not manager.is_actor_started(tracked):
-                    return True
-        return False
+        return any(
+            t.status in (Trial.PENDING, Trial.PAUSED) and not _holds_resources(controller, t)
+            for t in tune_controller.get_trials()
+        )
 
     def _forget(self, tune_controller: Any, trial: Trial, retried: bool = False) -> None:
         self._held.pop(trial.trial_id, None)

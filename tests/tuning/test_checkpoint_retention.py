@@ -144,6 +144,9 @@ def test_pbt_keeps_few_checkpoints_finds_donors_and_reuses_workers(tmp_path, cap
         rows += [json.loads(line) for line in Path(result).read_text().splitlines()]
     exploits = [r for r in rows if r.get("rp_donor_trial")]
     assert exploits, "no exploit happened"
+    # 4 members on 2 CPUs never all run: no member waits in its actor (2 would hold the CPUs
+    # the other 2 need), every exploit is Ray's pause + restore (tuning/pbt_sync.py)
+    assert all(r["rp_exploit_in_actor"] == 0 for r in exploits), exploits
     for r in exploits:  # the clone continued from the donor's period at the barrier
         first = json.loads(r["rp_records"])[0]["period"]
         assert first == r["rp_donor_period"] + 1 and first % 2 == 0, r
