@@ -25,25 +25,26 @@ demand for an actor of its resources until PBT chooses it to run again, and the 
 and the trial resumes in it: reset_config + the checkpoint load.
 
 When the whole population runs at once (no member pending or paused: a population that fits the
-cluster, the usual case), even that round trip goes (``_HoldAtBarrier``): a member that reaches
-the barrier first waits in its running actor (Tune gets ``NOOP`` and schedules no ``train``;
-nothing is saved, stopped or restored), and when the last member arrives, PBT's own
-``_checkpoint_or_exploit`` runs as in Ray, except that the exploit of a running trial is not a
-pause: the clone's actor gets ``rp_exploit(donor checkpoint, explored config)`` (the trainable's
-``restore`` + ``reset_config``, in the actor's task order before its next ``train``), so an
-exploit costs the checkpoint load. Tune's records stay Ray's: the trial's config, tag, policy
-log and latest checkpoint (the donor's, for crash recovery) are set by Ray's ``_exploit``. Held
-trials are resumed by scheduling their ``train`` (after a donor's save completes, through Tune's
-cached-decision path), released when the members they wait for end, and turned into ordinary
-pauses when a member needs resources they may keep from it: a member pending or paused without
-an actor placed on acquired resources. Tune *requests* actors for pending trials whether or not
-resources are free (4 members on 2 CPUs: two requests wait for the CPUs the two held members
-keep), so only an actor the resource manager has started counts; such a member, still booting
-(the search's first barrier can come before every worker is up; a member restarted after a
-crash), is waited for. This
-uses the controller's ``_schedule_trial_task``/``_schedule_trial_train``/
-``_cached_trial_decisions`` of the pinned Ray 2.60; ``tests/tuning/test_pbt_sync.py`` runs it
-on a real Tune search, so a Ray upgrade that changes them fails there.
+cluster; not the quickstart's 4 members on 2 CPUs), even that round trip goes
+(``_HoldAtBarrier``): a member that reaches the barrier first waits in its running actor (Tune
+gets ``NOOP`` and schedules no ``train``; nothing is saved, stopped or restored), and when the
+last member arrives, PBT's own ``_checkpoint_or_exploit`` runs as in Ray, except that the
+exploit of a running trial is not a pause: the clone's actor gets ``rp_exploit(donor checkpoint,
+explored config)`` (the trainable's ``restore`` + ``reset_config``, in the actor's task order
+before its next ``train``), so an exploit costs the checkpoint load. Tune's records stay Ray's:
+the trial's config, tag, policy log and latest checkpoint (the donor's, for crash recovery) are
+set by Ray's ``_exploit``. Held trials are resumed by scheduling their ``train`` (after a
+donor's save completes, through Tune's cached-decision path), released when the members they
+wait for end, and turned into ordinary pauses when a member needs resources they may keep from
+it: a member pending or paused without an actor placed on acquired resources. Tune *requests*
+actors for pending trials whether or not resources are free (4 members on 2 CPUs: two requests
+wait for the CPUs the two held members keep), so only an actor the resource manager has started
+counts; such a member, still booting (the search's first barrier can come before every worker is
+up; a member restarted after a crash), is waited for. This uses the controller's
+``_schedule_trial_task``, ``_schedule_trial_train``, ``_cached_trial_decisions``,
+``_trial_to_actor`` and ``_actor_manager`` of the pinned Ray 2.60;
+``tests/tuning/test_pbt_sync.py`` runs it on a real Tune search, so a Ray upgrade that changes
+them fails there.
 """
 
 from __future__ import annotations
@@ -208,10 +209,6 @@ class _HoldAtBarrier:
     _trial_state: dict[Trial, Any]
     barrier_releases: int
 
-    #: exploits done inside a running actor / trials that waited at a barrier without a pause
-    exploits_in_actor: int = 0
-    holds: int = 0
-
     @property
     def _held(self) -> dict[str, Trial]:
         return self.__dict__.setdefault("_held_trials", {})
@@ -243,7 +240,6 @@ class _HoldAtBarrier:
         if self._next_perturbation_sync == barrier:  # no perturbation in this call
             if hold and decision == TrialScheduler.PAUSE:  # at the barrier, others are not
                 self._held[trial.trial_id] = trial
-                self.holds += 1
                 return TrialScheduler.NOOP
             return decision
         controller = _controller(tune_controller)
@@ -263,7 +259,6 @@ class _HoldAtBarrier:
             args=(donor, trial.config),
             on_error=controller._trial_task_failure,
         )
-        self.exploits_in_actor += 1
 
     def _resume_held(self, controller: Any, skip: Trial | None = None) -> None:
         held, self.__dict__["_held_trials"] = self._held, {}
