@@ -6,7 +6,8 @@ Every part runs ``--rounds`` rounds, the variants interleaved (order alternating
     config (``iteration_periods: auto``: Tune iterations of ~1 s) vs the same periods run bare in
     this process (goal <= 1.05x); also 1 period per iteration (the old default);
 (b) whole-search wall time of 8 trials under Tune on 2 CPUs (default config, actors reused) vs
-    the same 8 trials run serially bare (goal <= 0.65x; 0.5x is the 2-CPU ideal);
+    the same 8 trials run serially bare in a fresh process, beside them in each round (goal
+    <= 0.65x; 0.5x is the 2-CPU ideal);
 (c) share of the search's wall time the driver spends in MLflow logging (goal <= 5%);
 (d) synchronous PBT, a population of 2 on 2 CPUs: ours (``SyncSafePBT`` + ``KeepPausedActors``,
     period-based intervals, auto batching) vs stock Ray Tune PBT (``PopulationBasedTraining``,
@@ -23,6 +24,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +34,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from raytune_periodic.tracking.models import warm_up_in_background
 from raytune_periodic.training import build_engine
 from raytune_periodic.training.process import prepare_process
 from raytune_periodic.training.spec import trial_spec
@@ -38,6 +42,7 @@ from raytune_periodic.tuning.methods.pbt import make_clip_explore
 from raytune_periodic.tuning.mlflow_callback import MlflowCallback
 from raytune_periodic.tuning.pbt_sync import KeepPausedActors, SyncSafePBT
 from raytune_periodic.tuning.trainable import PeriodTrainable
+from raytune_periodic.tuning.tuners import file_loggers
 
 BASE = {
     "dataset": {"name": "digits", "train_size": 500, "label_noise": 0.3},
@@ -63,6 +68,9 @@ class Timeline(tune.Callback):
         #: (trial, periods done) -> wall time of that result (the barrier's arrivals, PBT)
         self.at: dict[tuple[str, int], float] = {}
         self.in_actor: list[int] = []  #: per exploit: 1 if done in the running actor
+        self.start = 0.0  #: wall clock when ``fit()`` was called (``run_tuner``)
+        #: worker pid -> wall clock its first period began (start-up: process, imports, setup)
+        self.first_period: dict[int, float] = {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         records = json.loads(result["rp_records"])
@@ -75,8 +83,10 @@ class Timeline(tune.Callback):
         if donor is not None and "rp_restore_start" in result:
             self.restores[(tid, wall)] = (result["rp_restore_start"], result["rp_restore_seconds"])
         self.inside += [r["period_seconds"] for r in records]
+        inside = sum(r["period_seconds"] for r in records)
+        pid = result["pid"]
+        self.first_period[pid] = min(self.first_period.get(pid, wall), wall - inside)
         if tid in self._last and donor is None:
-            inside = sum(r["period_seconds"] for r in records)
             self.round_trips.append(wall - self._last[tid] - inside)
         self._last[tid] = wall
 
@@ -150,10 +160,11 @@ def run_tuner(cfg, store_dir, uri, *, samples=1, scheduler=None, search_alg=None
             name=name,
             storage_path=str(store_dir),
             verbose=0,
-            callbacks=[mlflow_cb, timeline],
+            callbacks=[mlflow_cb, timeline, *file_loggers()],  # the CLI's Tune loggers
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
     )
+    timeline.start = time.time()
     start = time.perf_counter()
     tuner.fit()
     wall = time.perf_counter() - start
@@ -259,23 +270,70 @@ def part_a(args, out: Path, uri: str) -> list[float]:
     return bare_all
 
 
-def part_bc(args, out: Path, uri: str, bare: list[float]) -> None:
+def serial_bare(periods: int, period_length: int, rates: list[float]) -> float:
+    """The 8 trials of (b) one after another, bare, in a fresh process of their own (no Ray,
+    no MLflow, none of the driver's threads or heap): each engine built and run for its
+    periods, first periods included; wall seconds, measured inside that process after one
+    untimed warm-up period (its first optimizer step imports ``torch._dynamo``, ~1 s, which
+    the reference leaves out as it leaves out importing torch: the stricter comparison)."""
+    code = (
+        "import json, sys, time; import tune_overhead as T; "
+        "from raytune_periodic.training.process import prepare_process; prepare_process(1); "
+        "a = json.loads(sys.argv[1])\n"
+        "T.build_engine(T.trial_spec(T.config(1, a['length'], 0.0))).run()\n"
+        "start = time.perf_counter()\n"
+        "for rate in a['rates']:\n"
+        "    T.build_engine(T.trial_spec(T.config(a['periods'], a['length'], rate))).run()\n"
+        "print(time.perf_counter() - start)"
+    )
+    arg = json.dumps({"periods": periods, "length": period_length, "rates": rates})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    done = subprocess.run(
+        [sys.executable, "-c", code, arg], env=env, capture_output=True, text=True, check=True
+    )
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def part_bc(args, out: Path, uri: str) -> None:
     """(b) with the default ``mlflow.log_models: selected`` (a trial that is the best so far is
-    logged as MLflow models at its end, on the driver's writer thread) and with ``none``."""
-    grid = tune.grid_search([0.1 * i for i in range(8)])
+    logged as MLflow models at its end, on the driver's writer thread) and with ``none``.
+
+    Each round runs the serial bare reference itself, beside its two searches (first in even
+    rounds, last in odd ones), in a fresh process: a reference measured once per run moved (b)
+    by up to +-8 % on this shared machine (its period varied 0.41-0.47 s within one session),
+    and one run in this driver slowed as the driver filled with Ray's and MLflow's state
+    (39 s before the first search, 43-44 s after)."""
+    rates = [0.1 * i for i in range(8)]
+    grid = tune.grid_search(rates)
     ratios: dict[str, list[float]] = {"selected": [], "none": []}
-    shares = []
-    serial = 8 * statistics.median(bare) * args.periods  # dropout rate does not change cost
+    serials, shares, startups = [], [], []
+    walls_all: dict[str, list[float]] = {"selected": [], "none": []}
     for r in range(args.rounds):
-        for mode in ["selected", "none"] if r % 2 == 0 else ["none", "selected"]:
-            cfg8 = config(args.periods, args.period_length, grid, log_models=mode)
-            wall, (cb, _) = run_tuner(cfg8, out / "ray", uri, name=f"b-{mode}-{r}")
-            ratios[mode].append(wall / serial)
-            if mode == "selected":
-                shares.append(100 * cb.seconds / wall)
+        order = ["serial", "selected", "none"] if r % 2 == 0 else ["none", "selected", "serial"]
+        walls: dict[str, float] = {}
+        for what in order:
+            if what == "serial":
+                walls[what] = serial_bare(args.periods, args.period_length, rates)
+                continue
+            cfg8 = config(args.periods, args.period_length, grid, log_models=what)
+            walls[what], (cb, tl) = run_tuner(cfg8, out / "ray", uri, name=f"b-{what}-{r}")
+            walls_all[what].append(walls[what])
+            startups.append(max(tl.first_period.values()) - tl.start)
+            if what == "selected":
+                shares.append(100 * cb.seconds / walls[what])
+        serials.append(walls["serial"])
+        for mode in ratios:
+            ratios[mode].append(walls[mode] / walls["serial"])
+    print(f"    serial bare runs of the 8 trials: {', '.join(f'{x:.1f}' for x in serials)} s")
+    for mode, xs in walls_all.items():
+        print(f"    searches, log_models {mode}: {', '.join(f'{x:.1f}' for x in xs)} s")
+    print(
+        f"    start-up: the later worker's first period began {statistics.median(startups):.2f} s "
+        f"after fit() (median; {min(startups):.2f}-{max(startups):.2f})"
+    )
     for mode, xs in ratios.items():
         print(
-            f"(b) 8 trials under Tune on 2 CPUs vs serial bare ({serial:.1f} s), "
+            f"(b) 8 trials under Tune on 2 CPUs vs the same 8 serially bare, "
             f"mlflow.log_models: {mode}: {_med(xs)} (goal <= 0.65x, ideal 0.5x)"
         )
     print(
@@ -373,12 +431,13 @@ def main() -> None:
     # Ray runs its workers at nice 15; on a machine shared with other jobs the trial would then
     # lose the CPU to them while the bare side (nice 0) does not. Same priority for both sides.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    warm_up_in_background()  # as the CLI does while Ray starts (tuning/runner.py)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     print(f"load average at start: {os.getloadavg()[0]:.1f}")
-    bare = part_a(args, out, uri) if "a" in args.parts else []
+    if "a" in args.parts:
+        part_a(args, out, uri)
     if "b" in args.parts:
-        bare = bare or bare_periods(config(args.periods, args.period_length, 0.3))
-        part_bc(args, out, uri, bare)
+        part_bc(args, out, uri)
     if "d" in args.parts:
         part_d(args, out, uri)
     print(f"load average at end: {os.getloadavg()[0]:.1f}")

@@ -51,18 +51,18 @@ def trial_rp(cfg: ExperimentConfig, plan: MethodPlan) -> dict[str, Any]:
     }
 
 
-def file_loggers(cfg: ExperimentConfig) -> list[Any]:
+def file_loggers(tensorboard: bool = False) -> list[Any]:
     """Tune's result.json and progress.csv per trial; TensorBoard files only on request.
 
     Tune adds a CSV, a JSON and a TensorBoardX logger unless told otherwise; the TensorBoardX one
     was the largest cost in Tune's driver loop after ours (bench/scale.py, py-spy) and MLflow
-    already holds every metric, so it is off unless ``tune.tensorboard: true``.
+    already holds every metric, so it is off unless ``tune.tensorboard: true`` (``tensorboard``).
     """
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # no loggers beyond these
     loggers: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback()]
-    if cfg.tune["tensorboard"]:
+    if tensorboard:
         loggers.append(TBXLoggerCallback())
     return loggers
 
@@ -148,7 +148,7 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=job.path.name,
             storage_path=str(job.path.parent),
-            callbacks=[callback, *file_loggers(cfg)],
+            callbacks=[callback, *file_loggers(cfg.tune["tensorboard"])],
             verbose=0 if progress == "none" else max(1, cfg.tune["verbose"]),
             progress_reporter=None if progress == "none" else reporter(cfg, job, progress),
             failure_config=tune.FailureConfig(max_failures=cfg.tune["max_failures"]),
