@@ -77,6 +77,25 @@ class RunWritesMixin(DeliveryMixin):
         )
         self.client.log_text(run_id, buf.getvalue(), PBT_EVENTS_ARTIFACT)
 
+    def last_exploit(self, run_id: str) -> tuple[str, int, int] | None:
+        """The run's last recorded PBT exploit from its ``pbt_events.csv``: (donor trial id,
+        donor period, step); None without one, or while MLflow is unreachable."""
+        if run_id in self._fresh or not self._online():
+            return None
+        if is_placeholder(run_id) and self.spool.resolve(run_id) is None:
+            return None
+        try:
+            rows = self._read_events(self._real(run_id))
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            self._went_offline(exc)
+            return None
+        if not rows:
+            return None
+        step, donor, period = rows[-1]
+        return donor, int(period), int(step)
+
     def _read_events(self, run_id: str) -> list[list[str]]:
         if not self._has_artifact(run_id, PBT_EVENTS_ARTIFACT):
             return []

@@ -50,6 +50,11 @@ class _TrialLog:
     status: str = STATUS_OK
     records: list[dict[str, float]] = field(default_factory=list)
     finished: bool = False
+    #: the last exploit recorded: (donor trial id, donor period, step of its first period)
+    exploit: tuple[str, int, int] | None = None
+    #: the trial restarted (Tune retried it, or this driver re-attached to its run) and has
+    #: not reported since
+    restarted: bool = False
 
 
 class MlflowCallback(Callback):
@@ -135,6 +140,9 @@ class MlflowCallback(Callback):
             log.records = history
             log.last_step = int(history[-1]["step"])
             log.offset = log.last_step - int(history[-1]["period"])
+            log.restarted = True
+            if any("exploited" in rec for rec in history):
+                log.exploit = self.store.last_exploit(run_id)
         self._trials[trial_id] = log
         return log
 
@@ -156,18 +164,31 @@ class MlflowCallback(Callback):
         for i, rec in enumerate(records):
             period = int(rec["period"])
             if donor is not None and i == 0:
-                log.offset = log.last_step + 1 - period
-                self.store.log_exploit(
-                    log.run_id, log.last_step + 1, str(donor), int(result[R.DONOR_PERIOD])
-                )
+                self._exploited(log, str(donor), int(result[R.DONOR_PERIOD]), period)
             step = period + log.offset
             if step <= log.last_step:
                 continue  # already logged before a crash-restore re-ran this period
             self.store.log_step(log.run_id, step, rec)
             log.last_step = step
             log.records.append({**rec, "step": float(step)})
+        log.restarted = False
         if result.get(R.STATUS) == STATUS_DIVERGED:
             log.status = STATUS_DIVERGED
+
+    def _exploited(self, log: _TrialLog, donor: str, donor_period: int, period: int) -> None:
+        """A result that starts from a donor's checkpoint (its first period ``period``): a new
+        exploit (steps go on after the last one; an ``exploited`` event) or, first thing after
+        a restart, the trial re-running from the exploit it last recorded — Tune restores a
+        trial to its latest checkpoint, which stays the donor's until the trial saves its own.
+        Then its periods keep that exploit's steps, so those already logged are skipped as
+        after any crash-restore, and no second event is logged."""
+        if log.restarted and log.exploit is not None and log.exploit[:2] == (donor, donor_period):
+            log.offset = log.exploit[2] - period
+            return
+        step = log.last_step + 1
+        log.offset = step - period
+        self.store.log_exploit(log.run_id, step, donor, donor_period)
+        log.exploit = (donor, donor_period, step)
 
     @property
     def children(self) -> Any:
@@ -211,6 +232,11 @@ class MlflowCallback(Callback):
         if os.path.isdir(agent):
             self.store.flush(strict=False)
             self.store.log_artifacts_dir(run_id, agent, AGENT_DIR)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A failed trial Tune retries from its latest checkpoint (see ``_exploited``)."""
+        if not is_shared(trial) and trial.trial_id in self._trials:
+            self._trials[trial.trial_id].restarted = True
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, STATUS_OK)
