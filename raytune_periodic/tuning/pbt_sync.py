@@ -42,7 +42,12 @@ wait for the CPUs the two held members keep), so only an actor the resource mana
 counts; such a member, still booting (the search's first barrier can come before every worker is
 up; a member restarted after a crash), is waited for. This uses the controller's
 ``_schedule_trial_task``, ``_schedule_trial_train``, ``_cached_trial_decisions``,
-``_trial_to_actor`` and ``_actor_manager`` of the pinned Ray 2.60;
+``_trial_to_actor`` and ``_actor_manager`` of the pinned Ray 2.60. Two more guards: a trial
+Tune retries after a failure keeps its PBT state (``_KeepStateOnRetry``; Ray's restarts it at
+time 0), and if every live member waits below the barrier none of them would reach, the last
+arrival perturbs them where they are (``_HoldAtBarrier._perturb_now``). Both were a hang: a
+crash after an exploit, the restarted member's reset state, a perturbation at period 3 of an
+interval of 2, then both members held at 5 for a barrier at 6;
 ``tests/tuning/test_pbt_sync.py`` runs it on a real Tune search, so a Ray upgrade that changes
 them fails there.
 """
@@ -92,6 +97,23 @@ class _BarrierRelease:
         self._next_perturbation_sync = new_sync
         self.barrier_releases += 1
         return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
+
+
+class _KeepStateOnRetry:
+    """Mixin: Tune re-adds a trial it retries after a failure (``on_trial_add``), and
+    ``PopulationBasedTraining`` then starts that trial's state afresh, as if it had last been
+    perturbed at time 0. The restored trial then perturbs the whole synchronous population at
+    its next result, off the interval's grid (seen: a perturbation at period 3 of an interval of
+    2, after which both members waited at period 5 for a barrier at 6). A retried trial keeps
+    its state and resumes its own schedule."""
+
+    _trial_state: dict[Trial, Any]
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        state = self._trial_state.get(trial)
+        super().on_trial_add(tune_controller, trial)  # type: ignore[misc]
+        if state is not None:
+            self._trial_state[trial] = state
 
 
 class _KeepPausedActors:
@@ -240,6 +262,8 @@ class _HoldAtBarrier:
         if self._next_perturbation_sync == barrier:  # no perturbation in this call
             if hold and decision == TrialScheduler.PAUSE:  # at the barrier, others are not
                 self._held[trial.trial_id] = trial
+                if all(t.trial_id in self._held for t in tune_controller.get_live_trials()):
+                    return self._perturb_now(tune_controller, trial, result)
                 return TrialScheduler.NOOP
             return decision
         controller = _controller(tune_controller)
@@ -249,6 +273,22 @@ class _HoldAtBarrier:
         if hold and decision == TrialScheduler.PAUSE and trial.status == Trial.RUNNING:
             return TrialScheduler.CONTINUE  # after its save, if PBT asked one (a donor)
         return decision
+
+    def _perturb_now(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        """Every live member waits in its actor for a barrier none of them has reached (one
+        set off the interval's grid): none would ever arrive. The barrier is where they are,
+        and this last arrival perturbs the population now."""
+        del self._held[trial.trial_id]
+        live = tune_controller.get_live_trials()
+        barrier = min(self._trial_state[t].last_train_time for t in live)
+        _log.warning(
+            "synchronous PBT: every member waits below the barrier %s; perturbing at %s",
+            self._next_perturbation_sync,
+            barrier,
+        )
+        self._next_perturbation_sync = barrier
+        self.barrier_releases += 1
+        return self.on_trial_result(tune_controller, trial, result)
 
     def _exploit_in_actor(self, controller: Any, trial: Trial) -> None:
         # Ray's _exploit has set the trial's config and its latest checkpoint to the donor's
@@ -330,12 +370,14 @@ class _HoldAtBarrier:
         return state
 
 
-class SyncSafePBT(_HoldAtBarrier, _KeepPausedActors, _BarrierRelease, PopulationBasedTraining):
+class SyncSafePBT(
+    _HoldAtBarrier, _KeepPausedActors, _KeepStateOnRetry, _BarrierRelease, PopulationBasedTraining
+):
     """``PopulationBasedTraining``: orphaned barriers released, paused trials keep their actor,
     a population that runs at once waits and is exploited in its actors."""
 
 
-class SyncSafePB2(_HoldAtBarrier, _KeepPausedActors, _BarrierRelease, PB2):
+class SyncSafePB2(_HoldAtBarrier, _KeepPausedActors, _KeepStateOnRetry, _BarrierRelease, PB2):
     """``PB2``: the same guards and in-actor exploits as ``SyncSafePBT``."""
 
 

@@ -241,6 +241,41 @@ def test_a_population_that_does_not_fit_is_paused_as_ray_does() -> None:
     assert not sched._may_hold(ctl)  # a pending member needs a held member's resources
 
 
+def test_a_retried_trial_keeps_its_pbt_state() -> None:
+    """Tune re-adds a trial it retries (``on_trial_add``); Ray's PBT would restart its state at
+    time 0, so its next result perturbed the whole population off the interval's grid."""
+    for cls, kept in [(PopulationBasedTraining, False), (SyncSafePBT, True), (SyncSafePB2, True)]:
+        sched, ctl = _population(cls, [Trial.RUNNING, Trial.RUNNING], [3, 4])
+        state = sched._trial_state[ctl.trials[0]]
+        state.last_perturbation_time = 2
+        sched.on_trial_add(ctl, ctl.trials[0])  # what Tune's _try_recover does
+        after = sched._trial_state[ctl.trials[0]]
+        assert (after.last_perturbation_time, after.last_train_time) == ((2, 3) if kept else (0, 0))
+
+
+def test_members_all_waiting_below_the_barrier_are_perturbed_where_they_are() -> None:
+    """Both members ready (an interval since their last perturbation, at 3) but below a barrier
+    set at 6: each would wait in its actor for the other forever (seen after a crash when the
+    retried trial's state was reset). The last to arrive perturbs the population now."""
+    from ray.tune.schedulers import TrialScheduler
+
+    sched, _ = _population(SyncSafePBT, [Trial.RUNNING, Trial.RUNNING], [4, 4])
+    ctl = _TuneController(_.trials)
+    sched._may_hold = lambda tc: True  # stub trials name no trainable class
+    perturbed: list[str] = []
+    sched._checkpoint_or_exploit = lambda t, *a: perturbed.append(t.trial_id)
+    for trial in ctl.trials:
+        sched._trial_state[trial].last_perturbation_time = 3
+    sched._next_perturbation_sync = 6
+    first, second = ctl.trials
+    assert sched.on_trial_result(ctl, first, {"m": 1.0, "training_iteration": 5}) == "NOOP"
+    decision = sched.on_trial_result(ctl, second, {"m": 0.5, "training_iteration": 5})
+    assert decision == TrialScheduler.CONTINUE and sorted(perturbed) == ["t0", "t1"]
+    assert ctl.trained == ["t0"] and not sched._held and not ctl.paused
+    assert sched._next_perturbation_sync == 7 and sched.barrier_releases == 1
+    assert all(sched._trial_state[t].last_perturbation_time == 5 for t in ctl.trials)
+
+
 from test_checkpoint_retention import PBT_CONFIG  # noqa: E402
 
 #: the same population as the checkpoint-retention test's, 2 members: it fits 2 CPUs
