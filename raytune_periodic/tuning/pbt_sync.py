@@ -42,14 +42,15 @@ wait for the CPUs the two held members keep), so only an actor the resource mana
 counts; such a member, still booting (the search's first barrier can come before every worker is
 up; a member restarted after a crash), is waited for. This uses the controller's
 ``_schedule_trial_task``, ``_schedule_trial_train``, ``_cached_trial_decisions``,
-``_trial_to_actor`` and ``_actor_manager`` of the pinned Ray 2.60. Two more guards: a trial
-Tune retries after a failure keeps its PBT state (``_KeepStateOnRetry``; Ray's restarts it at
-time 0), and if every live member waits below the barrier none of them would reach, the last
-arrival perturbs them where they are (``_HoldAtBarrier._perturb_now``). Both were a hang: a
-crash after an exploit, the restarted member's reset state, a perturbation at period 3 of an
-interval of 2, then both members held at 5 for a barrier at 6;
+``_trial_to_actor`` and ``_actor_manager`` of the pinned Ray 2.60;
 ``tests/tuning/test_pbt_sync.py`` runs it on a real Tune search, so a Ray upgrade that changes
 them fails there.
+
+Two more guards against a hang seen after a crash: a trial Tune retries after a failure keeps
+its PBT state (``_KeepStateOnRetry``; Ray's restarts it at time 0, so the restored member
+perturbed the population at period 3 of an interval of 2 and moved the barrier to 6), and if
+every live member waits below a barrier none of them would reach (both members held at 5), the
+last arrival perturbs them where they are (``_HoldAtBarrier._perturb_now``).
 """
 
 from __future__ import annotations
